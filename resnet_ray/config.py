@@ -1,0 +1,107 @@
+"""The one typed training configuration: built by the CLI, sent to every worker, saved next to
+every checkpoint and in every exported model's metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_STORAGE = str(Path("runs").absolute())
+MODEL_NAMES = ("resnet50", "tiny")  # resnet_ray.model.MODELS; kept here so that checking a
+                                    # config does not import TensorFlow
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""
+    model: str = "resnet50"
+    epochs: int = 20
+    batch_size: int = 32          # global: split evenly across workers
+    lr: float = 1e-3
+    num_workers: int = 2
+    cpus_per_worker: int = 1
+    use_gpu: bool = False
+    storage: str = DEFAULT_STORAGE
+    name: str = "resnet-ray"
+    export: str | None = None
+    max_failures: int = 2
+    keep_checkpoints: int = 2     # best K by validation accuracy, plus the latest
+    seed: int = 0
+    # 0.9, not Keras' 0.99: with ~30 steps an epoch, 0.99 leaves the moving statistics
+    # epochs behind the weights and validation near chance early on (issue 7).
+    bn_momentum: float = 0.9
+    label_smoothing: float = 0.0
+    # Filled in from the data by the driver; workers and exports rely on them.
+    input_shape: tuple[int, int, int] = (64, 64, 3)
+    classes: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5])
+
+    def __post_init__(self) -> None:
+        self.input_shape = tuple(int(d) for d in self.input_shape)
+        self.classes = [int(c) for c in self.classes]
+
+    @property
+    def per_worker_batch_size(self) -> int:
+        return self.batch_size // max(1, self.num_workers)
+
+    def validate(self) -> "TrainConfig":
+        checks = [
+            ("epochs", self.epochs >= 1, "at least 1"),
+            ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("lr", 0 < self.lr < 10, "a learning rate between 0 and 10"),
+            ("num_workers", self.num_workers >= 0, "0 (this process, no Ray workers) or more"),
+            ("cpus_per_worker", self.cpus_per_worker >= 1, "at least 1"),
+            ("max_failures", self.max_failures >= -1, "-1 (retry forever) or more"),
+            ("keep_checkpoints", self.keep_checkpoints >= 1, "at least 1"),
+            ("bn_momentum", 0 < self.bn_momentum < 1, "between 0 and 1"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "between 0 and 1"),
+            ("model", self.model in MODEL_NAMES, f"one of {list(MODEL_NAMES)}"),
+            ("name", bool(self.name) and "/" not in self.name, "a name without '/'"),
+        ]
+        for key, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"{key}: expected {expected}, got {getattr(self, key)!r}")
+        if self.num_workers and self.batch_size % self.num_workers:
+            # Unequal per-worker batches would make gradient averaging weight workers unequally.
+            lower = self.batch_size - self.batch_size % self.num_workers
+            raise ConfigError(
+                f"batch_size: the global batch {self.batch_size} does not divide evenly over "
+                f"{self.num_workers} workers; use a multiple of {self.num_workers} "
+                f"such as {max(lower, self.num_workers)} or {lower + self.num_workers}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "TrainConfig":
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ConfigError(f"{source}: unknown key {unknown[0]!r}; expected one of "
+                              f"{sorted(known)}")
+        try:
+            return cls(**d)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TrainConfig":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()), source=str(path))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read training config ({exc})") from None
+
+    @property
+    def run_dir(self) -> str:
+        return f"{self.storage.rstrip('/')}/{self.name}"

@@ -1,0 +1,436 @@
+"""Data-parallel training on Ray Train: `train_loop_per_worker` and the driver that runs it.
+
+Each worker builds the model inside a MultiWorkerMirroredStrategy scope, trains on its own
+shard of the data (the global batch split evenly), and at every epoch end all workers read the
+synchronised weights, validate on the test file and report; rank 0 attaches a checkpoint.
+A restarted worker group, or a re-run of the same command with the same storage and name,
+continues from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import WORKER_ENV_VARS
+from .config import TrainConfig
+from .data import Signs, load_data_dir
+from .errors import ConfigError, RunFailed
+
+WEIGHTS_FILE = "model.weights.h5"
+OPTIMIZER_FILE = "optimizer.npz"
+STATE_FILE = "state.json"
+CONFIG_FILE = "config.json"
+REPORTS_FILE = "reports.jsonl"
+# Test-only fault injection: "EPOCH:RANK:MARKER" makes that rank's process exit at the start
+# of that epoch (1-based), once: the marker file records that it already happened.
+FAULT_ENV = "RESNET_RAY_FAIL_AT_EPOCH"
+
+
+# ---------------------------------------------------------------- worker side
+
+def make_dataset_fn(train: Signs, cfg: TrainConfig, first_epoch: int):
+    """Per-worker input: one shuffled order shared by all workers, each taking its own shard."""
+    from .keras_backend import tf
+
+    x, y = train.x, train.y.astype(np.int32)
+    classes = len(train.classes)
+    seed = cfg.seed + first_epoch  # a resumed run does not replay the first epochs' order
+
+    def dataset_fn(input_context):
+        per_replica = input_context.get_per_replica_batch_size(cfg.batch_size)
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).repeat()
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        ds = ds.batch(per_replica, drop_remainder=True)
+        ds = ds.map(lambda xb, yb: (tf.cast(xb, tf.float32) / 255.0, tf.one_hot(yb, classes)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    return dataset_fn
+
+
+def weights_digest(weights: list[np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for w in weights:
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _maybe_inject_fault(epoch: int, rank: int) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    at_epoch, at_rank, marker = spec.split(":", 2)
+    if int(at_epoch) == epoch and int(at_rank) == rank and not os.path.exists(marker):
+        Path(marker).write_text(f"rank {rank} exited at epoch {epoch}\n")
+        print(f"[fault injection] rank {rank} exits at the start of epoch {epoch}", flush=True)
+        os._exit(1)
+
+
+def save_checkpoint(directory: Path, model_local, optimizer, cfg: TrainConfig,
+                    state: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    model_local.save_weights(directory / WEIGHTS_FILE)
+    np.savez(directory / OPTIMIZER_FILE, *[v.numpy() for v in optimizer.variables])
+    cfg.save(directory / CONFIG_FILE)
+    (directory / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+
+def restore_checkpoint(directory: Path, model, optimizer) -> dict[str, Any]:
+    """Load weights and optimizer state into a (possibly distributed) model; return its state."""
+    model.load_weights(directory / WEIGHTS_FILE)
+    saved = np.load(directory / OPTIMIZER_FILE)
+    values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    optimizer.build(model.trainable_variables)
+    if len(values) != len(optimizer.variables):
+        raise ConfigError(f"{directory / OPTIMIZER_FILE}: holds {len(values)} optimizer "
+                          f"variables, the model needs {len(optimizer.variables)}")
+    for var, value in zip(optimizer.variables, values):
+        var.assign(value)
+    return json.loads((directory / STATE_FILE).read_text())
+
+
+def build_compiled(cfg: TrainConfig):
+    from .keras_backend import keras
+    from .model import build_model
+
+    model = build_model(cfg.model, cfg.input_shape, len(cfg.classes), cfg.bn_momentum)
+    optimizer = keras.optimizers.Adam(learning_rate=cfg.lr)
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    return model, optimizer
+
+
+class RayCheckpoints:
+    """Checkpoints through Ray Train: rank 0 reports one each epoch; Ray persists and prunes."""
+
+    def latest(self):
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        return (checkpoint, checkpoint.as_directory()) if checkpoint else None
+
+    def report(self, metrics: dict[str, Any], write, rank: int) -> None:
+        import ray.train
+
+        if rank != 0:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            write(Path(d))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
+                             checkpoint_dir_name=f"checkpoint_epoch_{metrics['epoch']:04d}")
+
+
+class LocalCheckpoints:
+    """Checkpoints of a single-process run (Ray Train's local mode persists none): written
+    atomically into the run directory, best `keep` by val_accuracy plus the latest kept."""
+
+    def __init__(self, run_dir: str, keep: int):
+        self.run_dir, self.keep = Path(run_dir), keep
+
+    def _complete(self) -> list[Path]:
+        return sorted(p for p in self.run_dir.glob("checkpoint_epoch_*")
+                      if (p / STATE_FILE).is_file())
+
+    def latest(self):
+        import contextlib
+
+        done = self._complete()
+        return (done[-1], contextlib.nullcontext(str(done[-1]))) if done else None
+
+    def report(self, metrics: dict[str, Any], write, rank: int) -> None:
+        import ray.train
+        import shutil
+
+        final = self.run_dir / f"checkpoint_epoch_{metrics['epoch']:04d}"
+        tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=self.run_dir))
+        try:
+            write(tmp)
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        done = self._complete()
+        score = {p: json.loads((p / STATE_FILE).read_text())["metrics"]["val_accuracy"]
+                 for p in done}
+        kept = set(sorted(done, key=lambda p: (score[p], p.name), reverse=True)[:self.keep])
+        for p in done:
+            if p not in kept and p != final:
+                shutil.rmtree(p, ignore_errors=True)
+        ray.train.report(metrics)
+
+    def best(self) -> Path | None:
+        done = self._complete()
+        return max(done, key=lambda p: json.loads((p / STATE_FILE).read_text())
+                   ["metrics"]["val_accuracy"]) if done else None
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """One worker's training: the same function for N Ray workers and for one local process."""
+    import ray
+    import ray.train
+
+    from .evaluate import metrics_from_probs
+    from .keras_backend import check_keras_flavour, keras, tf
+    from .predict import predict_probs
+
+    check_keras_flavour()
+    cfg = TrainConfig.from_dict(loop_config["config"])
+    data = loop_config["data"]
+    train, test = ray.get(data) if isinstance(data, ray.ObjectRef) else data
+    local = cfg.num_workers == 0
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    store = LocalCheckpoints(cfg.run_dir, cfg.keep_checkpoints) if local else RayCheckpoints()
+    keras.utils.set_random_seed(cfg.seed)
+
+    strategy = tf.distribute.get_strategy() if local else \
+        tf.distribute.MultiWorkerMirroredStrategy()
+    with strategy.scope():
+        model, optimizer = build_compiled(cfg)
+    # A plain copy outside the strategy: validation and checkpoint writing then run on
+    # this worker alone, with no collective ops that the other workers would have to join.
+    local_model, _ = build_compiled(cfg)
+
+    state: dict[str, Any] = {"epoch": 0, "history": []}
+    found = store.latest()
+    if found is not None:
+        checkpoint, as_directory = found
+        with as_directory as d, strategy.scope():
+            state = restore_checkpoint(Path(d), model, optimizer)
+        if rank == 0:
+            print(f"resumed from {getattr(checkpoint, 'path', checkpoint)} after epoch "
+                  f"{state['epoch']}", flush=True)
+    if state["epoch"] >= cfg.epochs:
+        return
+
+    dataset = strategy.distribute_datasets_from_function(
+        make_dataset_fn(train, cfg, state["epoch"]))
+    steps = len(train) // cfg.batch_size
+    tb_dir = _tensorboard_dir(cfg) if rank == 0 else None
+    writer = tf.summary.create_file_writer(tb_dir) if tb_dir else None
+
+    class EpochEnd(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            _maybe_inject_fault(epoch + 1, rank)
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds = time.perf_counter() - self.start
+            weights = model.get_weights()  # synchronised values, identical on every worker
+            local_model.set_weights(weights)
+            val = metrics_from_probs(predict_probs(local_model, test.x), test.y, test.classes)
+            metrics = {
+                "epoch": epoch + 1, "loss": float(logs["loss"]),
+                "accuracy": float(logs["accuracy"]), "val_loss": val["loss"],
+                "val_accuracy": val["accuracy"], "epoch_time_s": seconds,
+                "images_per_s": steps * cfg.batch_size / seconds, "rank": rank,
+                "world_size": world, "node_id": node_id,
+                "weights_digest": weights_digest(weights),
+            }
+            state["epoch"] = epoch + 1
+            state["history"].append({k: metrics[k] for k in (
+                "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s")})
+            state["metrics"] = metrics
+            if rank == 0:
+                print(f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['loss']:.4f}  "
+                      f"acc {metrics['accuracy']:.4f}  val_loss {metrics['val_loss']:.4f}  "
+                      f"val_acc {metrics['val_accuracy']:.4f}  {seconds:.1f}s  "
+                      f"{metrics['images_per_s']:.1f} img/s", flush=True)
+            if writer is not None:
+                with writer.as_default(step=epoch + 1):
+                    for key in ("loss", "accuracy", "val_loss", "val_accuracy",
+                                "epoch_time_s", "images_per_s"):
+                        tf.summary.scalar(key, metrics[key])
+                writer.flush()
+            store.report(metrics, lambda d: save_checkpoint(d, local_model, optimizer, cfg,
+                                                            state), rank)
+
+    model.fit(dataset, epochs=cfg.epochs, initial_epoch=state["epoch"], steps_per_epoch=steps,
+              callbacks=[EpochEnd()], verbose=0)
+
+
+def _tensorboard_dir(cfg: TrainConfig) -> str | None:
+    if "://" in cfg.storage:
+        return None  # event files go to local storage only; see README "Dashboards"
+    return str(Path(cfg.run_dir) / "tensorboard")
+
+
+# ---------------------------------------------------------------- driver side
+
+def _report_log_callback(path: str):
+    from ray.train import UserCallback
+
+    class ReportLog(UserCallback):
+        """Appends every worker's report to reports.jsonl: the record of which rank ran
+        on which node, with which weights, and which epochs were reported."""
+
+        def after_report(self, run_context, metrics, checkpoint):
+            with open(path, "a") as f:
+                for m in metrics:
+                    f.write(json.dumps({**m, "time": time.time(),
+                                        "checkpoint": checkpoint.path if checkpoint else None})
+                            + "\n")
+
+    return ReportLog()
+
+
+CURRENT_CLUSTER_FILE = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+
+
+def _reachable(address: str, timeout: float = 2.0) -> bool:
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def init_ray(address: str | None = None) -> None:
+    """Connect to the cluster (RAY_ADDRESS, as inside `ray job submit`, or the one `ray start`
+    started on this machine) or start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address and CURRENT_CLUSTER_FILE.exists():
+        # Ray's state API, which Train uses to watch its controller, asks the cluster named
+        # in this file. A live one is joined (two clusters on one host would answer each
+        # other's queries); a stale one, left by a cluster that died without `ray stop`,
+        # is removed, as it would otherwise hang both ray.init() and that watcher.
+        current = CURRENT_CLUSTER_FILE.read_text().strip()
+        if _reachable(current):
+            address = current
+            print(f"joining the Ray cluster already running at {current}", file=sys.stderr)
+        else:
+            CURRENT_CLUSTER_FILE.unlink(missing_ok=True)
+    if address:
+        # A job already carries its runtime_env (cluster/runtime_env.yaml); another one here
+        # would conflict with it. Train workers get WORKER_ENV_VARS from the trainer itself.
+        ray.init(address=address, logging_level="ERROR")
+    else:
+        # Listens on loopback only: Ray's APIs run arbitrary code for anyone reaching them.
+        ray.init(address="local", runtime_env={"env_vars": dict(WORKER_ENV_VARS)},
+                 logging_level="ERROR", _node_ip_address="127.0.0.1")
+
+
+def prepare_config(cfg: TrainConfig) -> tuple[TrainConfig, Signs, Signs]:
+    """Load and check the data and the config on the driver, before any worker starts."""
+    train, test = load_data_dir(cfg.data)
+    cfg.input_shape, cfg.classes = train.input_shape, list(train.classes)
+    cfg.validate()
+    if len(train) < cfg.batch_size:
+        raise ConfigError(f"batch_size: {cfg.batch_size} is larger than the {len(train)} "
+                          f"training images in {train.source}")
+    return cfg, train, test
+
+
+def build_trainer(cfg: TrainConfig, data, callbacks=()):
+    """The project's TensorflowTrainer for a checked config; data = (train, test) Signs."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+    from ray.train.v2.api.config import LoggingConfig
+
+    local = cfg.num_workers == 0
+    env = dict(WORKER_ENV_VARS)
+    if os.environ.get(FAULT_ENV):
+        env[FAULT_ENV] = os.environ[FAULT_ENV]
+    callbacks = list(callbacks)
+    if "://" not in cfg.storage:
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        cfg.save(Path(cfg.run_dir) / CONFIG_FILE)
+        if not local:
+            callbacks.append(_report_log_callback(str(Path(cfg.run_dir) / REPORTS_FILE)))
+    return TensorflowTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "data": data if local else ray.put(data)},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=RunConfig(
+            name=cfg.name, storage_path=cfg.storage,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints,
+                                               checkpoint_score_attribute="val_accuracy",
+                                               checkpoint_score_order="max"),
+            worker_runtime_env={"env_vars": env},
+            logging_config=LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks),
+    )
+
+
+def run_training(cfg: TrainConfig, quiet: bool = False):
+    """Train with Ray Train; export the best checkpoint if cfg.export is set. Returns Result."""
+    import ray
+    import ray.train
+
+    cfg, train, test = prepare_config(cfg)
+    local = cfg.num_workers == 0
+    if local and "://" in cfg.storage:
+        raise ConfigError(f"storage: a single-process run (num_workers 0) keeps checkpoints "
+                          f"on a local path, got {cfg.storage!r}")
+    if not local:
+        init_ray()
+    trainer = build_trainer(cfg, (train, test))
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise RunFailed(f"training run {cfg.run_dir} failed beyond --max-failures "
+                        f"{cfg.max_failures}; its checkpoints are kept and the same command "
+                        f"resumes from the latest one.\n{exc}") from None
+    if cfg.export:
+        if local:
+            path = LocalCheckpoints(cfg.run_dir, cfg.keep_checkpoints).best()
+            best = ray.train.Checkpoint.from_directory(str(path)) if path else None
+        else:
+            best = result.get_best_checkpoint("val_accuracy", "max") or result.checkpoint
+        if best is None:
+            raise ConfigError(f"{cfg.run_dir}: the run left no checkpoint to export")
+        export_checkpoint(best, cfg.export, extra={"run_dir": cfg.run_dir})
+        if not quiet:
+            print(f"exported best checkpoint ({best.path}) to {cfg.export}", flush=True)
+    return result
+
+
+def export_checkpoint(checkpoint, out_dir: str, extra: dict[str, Any] | None = None):
+    """A training checkpoint -> an exported model directory (model.keras + metadata.json)."""
+    from .export import save_model_dir
+
+    with checkpoint.as_directory() as d:
+        d = Path(d)
+        cfg = TrainConfig.load(d / CONFIG_FILE)
+        state = json.loads((d / STATE_FILE).read_text())
+        model, _ = build_compiled(cfg)
+        model.load_weights(d / WEIGHTS_FILE)
+    metrics = {k: v for k, v in state.get("metrics", {}).items()
+               if k in ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")}
+    return save_model_dir(model, out_dir, {
+        "classes": cfg.classes, "config": cfg.to_dict(), "metrics": metrics,
+        "history": state.get("history", []), "checkpoint": str(checkpoint.path),
+        **(extra or {})})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m resnet_ray.train ...`: the entrypoint for `ray job submit`."""
+    from .cli import main as cli_main
+
+    return cli_main(["train", *(argv if argv is not None else sys.argv[1:])])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Ray Tune: search-space files, the smoke search with ASHA, export, resume."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from resnet_ray.config import MODEL_NAMES
+from resnet_ray.errors import ConfigError
+from resnet_ray.export import load_model_dir
+from resnet_ray.tune import load_spec, run_search
+
+from conftest import ROOT, assert_user_error, run_cli
+
+CONFIGS = sorted((ROOT / "tune_configs").glob("*.yaml"))
+
+
+def test_model_names_match_the_builders():
+    from resnet_ray.model import MODELS
+
+    assert set(MODELS) == set(MODEL_NAMES)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_search_spaces_load(path):
+    spec = load_spec(path)
+    assert {"lr", "batch_size"} <= set(spec.search_space)
+    assert spec.num_samples >= 4
+
+
+def test_one_shipped_config_searches_more_than_lr_and_batch_size():
+    assert any(set(load_spec(p).search_space) - {"lr", "batch_size"} for p in CONFIGS)
+
+
+def _write(tmp_path, doc):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(doc) if not isinstance(doc, str) else doc)
+    return path
+
+
+GOOD = {"train": {"model": "tiny", "epochs": 2, "num_workers": 1},
+        "search_space": {"lr": {"loguniform": [1e-4, 1e-2]}, "batch_size": {"choice": [16, 32]}}}
+
+BAD = {
+    "unknown top key": ({**GOOD, "trials": 3}, "unknown key 'trials'"),
+    "unknown train key": ({**GOOD, "train": {"epochz": 3}}, "train.epochz"),
+    "unknown option in space": ({**GOOD, "search_space": {"momentum": {"uniform": [0, 1]}}},
+                                "search_space.momentum"),
+    "bad distribution": ({**GOOD, "search_space": {"lr": {"logunif": [1e-4, 1e-2]}}},
+                         "unknown distribution 'logunif'"),
+    "empty choice": ({**GOOD, "search_space": {"batch_size": {"choice": []}}},
+                     "search_space.batch_size.choice: expected a non-empty list"),
+    "low above high": ({**GOOD, "search_space": {"lr": {"uniform": [0.1, 0.01]}}},
+                       "search_space.lr.uniform"),
+    "string bounds": ({**GOOD, "search_space": {"lr": {"loguniform": ["a", "b"]}}},
+                      "expected [low, high] numbers"),
+    "uneven batch": ({**GOOD, "train": {"num_workers": 2},
+                      "search_space": {"batch_size": {"choice": [16, 33]}}},
+                     "search_space.batch_size: value 33 is invalid"),
+    "wrong type": ({**GOOD, "num_samples": "many"}, "key 'num_samples' must be a int"),
+    "bad scheduler": ({**GOOD, "scheduler": {"type": "pbt"}}, "scheduler.type"),
+    "bad searcher": ({**GOOD, "searcher": "grid"}, "key 'searcher' must be one of"),
+    "not a mapping": ("- just\n- a list\n", "expected a mapping"),
+    "not yaml": ("train: [unclosed\n", "not valid YAML"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_search_space_files_are_named(tmp_path, case):
+    doc, fragment = BAD[case]
+    path = _write(tmp_path, doc)
+    with pytest.raises(ConfigError) as info:
+        load_spec(path)
+    assert str(path) in str(info.value) and fragment in str(info.value), str(info.value)
+
+
+def test_cli_reports_a_bad_yaml_without_traceback(tmp_path, synth_dir):
+    path = _write(tmp_path, BAD["bad distribution"][0])
+    assert_user_error(run_cli("tune", "--config", path, "--data", synth_dir,
+                              "--storage", tmp_path), str(path), "logunif")
+
+
+@pytest.fixture(scope="module")
+def smoke_search(synth_dir, tmp_path_factory):
+    import ray
+
+    from resnet_ray.train import init_ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    init_ray()
+    base = tmp_path_factory.mktemp("tune")
+    spec = load_spec(ROOT / "tune_configs" / "smoke.yaml")
+    summary = run_search(spec, str(synth_dir), storage=str(base), name="smoke",
+                         export=str(base / "best"))
+    yield spec, base, summary
+    ray.shutdown()
+
+
+@pytest.mark.ray
+def test_smoke_search_runs_trials_and_asha_stops_some_early(smoke_search):
+    spec, base, summary = smoke_search
+    table = pd.read_csv(base / "smoke" / "trials.csv")
+    assert len(table) >= 4
+    assert {"lr", "batch_size", "epochs", "best_val_accuracy", "stop"} <= set(table.columns)
+    assert (table["stop"] == "stopped early (ASHA)").any(), table
+    assert (table["epochs"] < spec.train["epochs"]).any()
+    assert summary["epochs_run"] < summary["epochs_budget"]
+    for name in ("lr_vs_accuracy.png", "learning_curves.png"):
+        assert (base / "smoke" / name).read_bytes()[:4] == b"\x89PNG"
+    # TensorBoard event files for every trial under the search's directory
+    assert len(list((base / "smoke").rglob("events.out.tfevents.*"))) >= len(table)
+
+
+@pytest.mark.ray
+def test_smoke_search_exports_the_best_trial(smoke_search):
+    spec, base, summary = smoke_search
+    model, meta = load_model_dir(base / "best")
+    table = pd.read_csv(base / "smoke" / "trials.csv")
+    best = table.iloc[0]
+    assert meta["tune"]["trial"] == best["trial"]
+    assert meta["config"]["lr"] == pytest.approx(best["lr"])
+    assert meta["metrics"]["val_accuracy"] == pytest.approx(best["best_val_accuracy"])
+
+
+@pytest.mark.ray
+def test_interrupted_search_resumes_without_rerunning_finished_trials(smoke_search, synth_dir):
+    spec, base, _ = smoke_search
+    experiment = base / "smoke"
+    before = pd.read_csv(experiment / "trials.csv")
+    # Resuming a search whose trials all finished runs no trial again.
+    summary = run_search(spec, str(synth_dir), storage=str(base), name="smoke", resume=True)
+    after = pd.read_csv(experiment / "trials.csv")
+    assert sorted(after["trial"]) == sorted(before["trial"])
+    assert after.set_index("trial")["epochs"].to_dict() == \
+        before.set_index("trial")["epochs"].to_dict()
+    assert summary["epochs_run"] == int(before["epochs"].sum())
+    with pytest.raises(ConfigError, match="already exists"):
+        run_search(spec, str(synth_dir), storage=str(base), name="smoke")
