@@ -77,10 +77,17 @@ def _predict(a):
         print(f"{path}: {p.describe()}")
 
 
+def _serve(a):
+    from .serve import serve_foreground
+
+    serve_foreground(a.model_dir, host=a.host, port=a.port, replicas=a.replicas)
+
+
 def _demo(a):
     from .demo import run_demo
 
-    run_demo(a.workdir, model=a.model, epochs=a.epochs, num_workers=a.num_workers)
+    run_demo(a.workdir, model=a.model, epochs=a.epochs, num_workers=a.num_workers,
+             tune=not a.no_tune, serve=not a.no_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,11 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+")
     pr.set_defaults(func=_predict)
 
-    de = sub.add_parser("demo", help="synth -> train on Ray -> evaluate -> predict")
+    se = sub.add_parser("serve", help="serve an exported model over HTTP (Ray Serve)")
+    se.add_argument("model_dir")
+    se.add_argument("--host", default="127.0.0.1")
+    se.add_argument("--port", type=int, default=8000)
+    se.add_argument("--replicas", type=int, default=1)
+    se.set_defaults(func=_serve)
+
+    de = sub.add_parser("demo", help="synth -> train -> tune -> evaluate -> predict -> serve")
     de.add_argument("--workdir", default="runs/demo")
     de.add_argument("--model", default="tiny", choices=["resnet50", "tiny"])
     de.add_argument("--epochs", type=int, default=8)
     de.add_argument("--num-workers", type=int, default=2)
+    de.add_argument("--no-tune", action="store_true", help="skip the Ray Tune search step")
+    de.add_argument("--no-serve", action="store_true", help="skip the Ray Serve step")
     de.set_defaults(func=_demo)
     return p
 

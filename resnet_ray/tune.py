@@ -249,10 +249,11 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str = DEFAULT_STORAGE,
                           f"(train.num_workers x train.cpus_per_worker), the cluster has {total}")
     concurrent = max_concurrent or spec.max_concurrent or max(1, total // cpus_per_trial)
 
-    # The trial function only drives its Train run; the workers reserve the CPUs, and
-    # max_concurrent_trials keeps the trials that wait from starving each other.
+    # The trial function only drives its Train run, whose workers reserve the CPUs: it asks
+    # for no CPU (Tune refuses an empty request, hence a token of memory), and
+    # max_concurrent_trials keeps trials from waiting on each other's workers.
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trial, data=(train, test)), {"cpu": 0})
+        tune.with_parameters(tune_trial, data=(train, test)), {"cpu": 0, "memory": 2 ** 26})
     if resume:
         if not tune.Tuner.can_restore(str(experiment)):
             raise ConfigError(f"--resume: no search to resume at {experiment}")

@@ -1,0 +1,278 @@
+"""Ray Serve deployment: an exported model behind a FastAPI ingress, with batched prediction.
+
+One class: each replica loads the model directory once, decodes and checks every request
+itself (the same preprocessing as `resnet-ray predict`), and sends single images to a
+`@serve.batch` method, so that concurrent requests share one forward pass. BatchNormalization
+runs in inference mode, so a prediction never depends on the images it shared a batch with.
+"""
+
+
+import asyncio
+import json
+import os
+import time
+from collections import Counter
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from ray import serve
+
+from . import WORKER_ENV_VARS, __version__
+from .errors import UserError
+from .images import ImageError, decode_image, to_model_input
+from .predict import interpret
+
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_INSTANCES = 256
+DEFAULT_USER_CONFIG = {"max_batch_size": 16, "batch_wait_timeout_s": 0.01}
+
+api = FastAPI(
+    title="resnet-ray",
+    version=__version__,
+    description="Hand-sign digit prediction with a ResNet-50. POST an image (multipart field "
+                "`file`, or raw bytes with an image content type) or JSON `{\"instances\": "
+                "[...]}` of HxWx3 pixel arrays (0-255) to /predict. Errors come as "
+                "`{\"error\": \"...\"}` with a 4xx status.")
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _reject_constant(name: str):
+    raise HTTPError(400, f"JSON contains {name}; expected finite pixel values 0-255")
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": dict(WORKER_ENV_VARS)}},
+    # Batches only fill when a replica may hold at least max_batch_size requests (ray#43288).
+    max_ongoing_requests=32,
+    # Past this many waiting requests the proxy answers 503 at once instead of queueing.
+    max_queued_requests=64,
+    user_config=DEFAULT_USER_CONFIG,
+    health_check_period_s=10,
+)
+@serve.ingress(api)
+class DigitService:
+    def __init__(self, model_dir: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 max_instances: int = DEFAULT_MAX_INSTANCES, _gate=None):
+        from .export import load_model_dir
+        from .keras_backend import tf
+
+        self.model_dir = str(model_dir)
+        self.model, self.meta = load_model_dir(model_dir)
+        self.classes = list(self.meta["classes"])
+        self.shape = tuple(self.meta["input_shape"])
+        self.max_body_bytes, self.max_instances = int(max_body_bytes), int(max_instances)
+        self._infer = tf.function(lambda x: self.model(x, training=False),
+                                  reduce_retracing=True)
+        self._infer(np.zeros((1, *self.shape), np.float32))  # trace before the first request
+        self.batch_sizes: Counter[int] = Counter()
+        self.user_config = dict(DEFAULT_USER_CONFIG)
+        self.started = time.time()
+        # Tests hold requests here (an actor with an async wait()), as Serve's own
+        # backpressure tests do, to fill the queue deterministically.
+        self._gate = _gate
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Batch size and wait can change with `serve deploy` without restarting replicas."""
+        cfg = {**DEFAULT_USER_CONFIG, **(user_config or {})}
+        unknown = sorted(set(cfg) - set(DEFAULT_USER_CONFIG))
+        if unknown:
+            raise ValueError(f"user_config: unknown key {unknown[0]!r}; expected "
+                             f"{sorted(DEFAULT_USER_CONFIG)}")
+        size, wait = int(cfg["max_batch_size"]), float(cfg["batch_wait_timeout_s"])
+        if size < 1 or not 0 <= wait <= 10:
+            raise ValueError("user_config: max_batch_size must be >= 1 and "
+                             "batch_wait_timeout_s between 0 and 10")
+        self.predict_batch.set_max_batch_size(size)
+        self.predict_batch.set_batch_wait_timeout_s(wait)
+        self.user_config = {"max_batch_size": size, "batch_wait_timeout_s": wait}
+
+    def check_health(self) -> None:
+        if self.model is None:
+            raise RuntimeError("model not loaded")
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def predict_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        self.batch_sizes[len(images)] += 1
+        x = to_model_input(np.stack(images))
+        # In a thread, so that the event loop keeps taking requests for the next batch.
+        probs = await asyncio.to_thread(lambda: self._infer(x).numpy())
+        return list(probs)
+
+    # ------------------------------------------------------------------ HTTP routes
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> str:
+        return resources.files("resnet_ray").joinpath("index.html").read_text()
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        return {"status": "ok", "model": self.model_dir,
+                "uptime_s": round(time.time() - self.started, 1)}
+
+    @api.get("/metadata")
+    async def metadata(self) -> dict[str, Any]:
+        return {"classes": self.classes, "input_shape": list(self.shape),
+                "metrics": self.meta.get("metrics", {}), "config": self.meta.get("config", {}),
+                "versions": self.meta.get("versions", {}), "user_config": self.user_config,
+                "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+                "max_body_bytes": self.max_body_bytes, "max_instances": self.max_instances}
+
+    @api.post("/predict", responses={400: {}, 413: {}, 415: {}, 503: {}})
+    async def predict(self, request: Request):
+        """One image (multipart `file` or raw image bytes) or JSON {"instances": [...]}."""
+        try:
+            if self._gate is not None:
+                await self._gate.wait.remote()
+            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            body = await self._read_body(request)
+            if ctype == "application/json":
+                images = self._instances(body)
+                probs = await asyncio.gather(*(self.predict_batch(img) for img in images))
+                return {"predictions": [self._answer(p) for p in probs]}
+            if ctype == "multipart/form-data":
+                data = await self._multipart_file(request, body)
+            elif ctype.startswith("image/") or ctype == "application/octet-stream":
+                data = body
+            else:
+                raise HTTPError(415, f"content type {ctype or 'missing'!r}: expected an image "
+                                     "(image/jpeg, image/png, ...), multipart/form-data with a "
+                                     "field 'file', or application/json with 'instances'")
+            if not data:
+                raise HTTPError(400, "empty image: expected the bytes of a JPEG, PNG, ... file")
+            try:
+                image = await asyncio.to_thread(decode_image, data, self.shape[:2], "upload")
+            except ImageError as exc:
+                raise HTTPError(400, str(exc)) from None
+            return self._answer(await self.predict_batch(image))
+        except HTTPError as exc:
+            return _error(exc.status, exc.message)
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _read_body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise HTTPError(400, f"content-length {declared!r} is not a number")
+            if int(declared) > self.max_body_bytes:
+                raise HTTPError(413, f"request body of {int(declared):,} bytes is over the "
+                                     f"limit of {self.max_body_bytes:,}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise HTTPError(413, f"request body is over the limit of "
+                                     f"{self.max_body_bytes:,} bytes")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        request._body = body  # lets request.form() parse what was already read
+        if not body:
+            raise HTTPError(400, "empty request body: expected an image or JSON instances")
+        return body
+
+    async def _multipart_file(self, request: Request, body: bytes) -> bytes:
+        try:
+            form = await request.form(max_files=2, max_fields=10)
+        except Exception as exc:  # malformed multipart in its many forms
+            raise HTTPError(400, f"malformed multipart body ({exc})") from None
+        files = [v for v in form.getlist("file") if hasattr(v, "read")]
+        if not files:
+            other = [k for k in form.keys()]
+            raise HTTPError(400, f"multipart body has no file in field 'file' (fields: "
+                                 f"{other or 'none'})")
+        if len(files) > 1 or sum(hasattr(v, "read") for _, v in form.multi_items()) > 1:
+            raise HTTPError(400, "multipart body has more than one file; send one image per "
+                                 "request or use JSON instances for a batch")
+        return await files[0].read()
+
+    def _instances(self, body: bytes) -> list[np.ndarray]:
+        try:
+            doc = json.loads(body, parse_constant=_reject_constant)
+        except HTTPError:
+            raise
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HTTPError(400, f"body is not valid JSON ({exc})") from None
+        if not isinstance(doc, dict) or "instances" not in doc:
+            raise HTTPError(400, "JSON body must be an object with key 'instances': a list of "
+                                 f"{'x'.join(map(str, self.shape))} pixel arrays")
+        instances = doc["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise HTTPError(400, "'instances' must be a non-empty list")
+        if len(instances) > self.max_instances:
+            raise HTTPError(413, f"'instances' has {len(instances)} images; the limit is "
+                                 f"{self.max_instances} per request")
+        images = []
+        for i, inst in enumerate(instances):
+            try:
+                arr = np.asarray(inst, dtype=np.float64)
+            except (ValueError, TypeError):
+                raise HTTPError(400, f"instances[{i}]: expected nested lists of numbers of "
+                                     f"shape {list(self.shape)}") from None
+            if arr.shape != self.shape:
+                raise HTTPError(400, f"instances[{i}]: shape {list(arr.shape)}, expected "
+                                     f"{list(self.shape)} (height, width, RGB)")
+            if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 255:
+                raise HTTPError(400, f"instances[{i}]: pixel values must be finite numbers "
+                                     "from 0 to 255")
+            images.append(np.rint(arr).astype(np.uint8))
+        return images
+
+    def _answer(self, probs: np.ndarray) -> dict[str, Any]:
+        p = interpret(probs, self.classes)
+        return {"digit": p.digit, "found": p.found, "probability": p.probability,
+                "probabilities": p.probabilities, "classes": self.classes}
+
+
+def build_app(args: dict[str, Any], num_replicas: int | None = None):
+    """Serve application builder (`import_path: resnet_ray.serve:build_app` with `args`)."""
+    from .export import read_metadata
+
+    args = dict(args or {})
+    model_dir = args.pop("model_dir", None) or os.environ.get("RESNET_RAY_MODEL")
+    if not model_dir:
+        raise UserError("model_dir: expected the exported model directory to serve "
+                        "(args.model_dir in the Serve config, or RESNET_RAY_MODEL)")
+    model_dir = str(Path(model_dir).absolute())
+    read_metadata(model_dir)  # fail here, once, rather than in every replica
+    known = {"max_body_bytes", "max_instances", "_gate"}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise UserError(f"args: unknown key {unknown[0]!r}; expected model_dir or "
+                        f"{sorted(known - {'_gate'})}")
+    deployment = DigitService.options(num_replicas=num_replicas) if num_replicas else DigitService
+    return deployment.bind(model_dir, **args)
+
+
+def serve_foreground(model_dir: str, host: str = "127.0.0.1", port: int = 8000,
+                     replicas: int = 1) -> None:
+    """`resnet-ray serve`: run until Ctrl-C, then shut Serve down."""
+    from .train import init_ray
+
+    if replicas < 1:
+        raise UserError(f"--replicas: expected at least 1, got {replicas}")
+    app = build_app({"model_dir": model_dir}, num_replicas=replicas)
+    init_ray()
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(app, name="digits", route_prefix="/")
+    print(f"serving {model_dir} at http://{host}:{port}/  (API docs: /docs; Ctrl-C stops)",
+          flush=True)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+    finally:
+        serve.shutdown()
