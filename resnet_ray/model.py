@@ -57,13 +57,12 @@ def _bn(name: str, momentum: float):
     return layers.BatchNormalization(axis=BN_AXIS, momentum=momentum, name=name)
 
 
-def identity_block(x, f: int, filters: Sequence[int], stage: int, block: str,
-                   bn_momentum: float = 0.99, initializer=_random_uniform):
-    """Bottleneck block whose input and output shapes match: the shortcut is the input."""
+def _bottleneck(x, f: int, filters: Sequence[int], stage: int, block: str, stride: int,
+                bn_momentum: float, initializer):
+    """The main path both blocks share: 1x1 (strided) -> fxf same -> 1x1, each with BN."""
     f1, f2, f3 = filters
     conv, bn = f"res{stage}{block}_branch", f"bn{stage}{block}_branch"
-    shortcut = x
-    x = layers.Conv2D(f1, 1, strides=1, padding="valid", name=conv + "2a",
+    x = layers.Conv2D(f1, 1, strides=stride, padding="valid", name=conv + "2a",
                       kernel_initializer=initializer(0))(x)
     x = _bn(bn + "2a", bn_momentum)(x)
     x = layers.Activation("relu", name=f"act{stage}{block}_2a")(x)
@@ -73,32 +72,27 @@ def identity_block(x, f: int, filters: Sequence[int], stage: int, block: str,
     x = layers.Activation("relu", name=f"act{stage}{block}_2b")(x)
     x = layers.Conv2D(f3, 1, strides=1, padding="valid", name=conv + "2c",
                       kernel_initializer=initializer(0))(x)
-    x = _bn(bn + "2c", bn_momentum)(x)
-    x = layers.Add(name=f"add{stage}{block}")([x, shortcut])
-    return layers.Activation("relu", name=f"act{stage}{block}_out")(x)
+    return _bn(bn + "2c", bn_momentum)(x)
+
+
+def identity_block(x, f: int, filters: Sequence[int], stage: int, block: str,
+                   bn_momentum: float = 0.99, initializer=_random_uniform):
+    """Bottleneck block whose input and output shapes match: the shortcut is the input."""
+    out = _bottleneck(x, f, filters, stage, block, 1, bn_momentum, initializer)
+    out = layers.Add(name=f"add{stage}{block}")([out, x])
+    return layers.Activation("relu", name=f"act{stage}{block}_out")(out)
 
 
 def convolutional_block(x, f: int, filters: Sequence[int], stage: int, block: str, s: int = 2,
                         bn_momentum: float = 0.99, initializer=_glorot):
     """Bottleneck block that changes shape: first conv strided by `s`, projected shortcut."""
-    f1, f2, f3 = filters
-    conv, bn = f"res{stage}{block}_branch", f"bn{stage}{block}_branch"
-    shortcut = layers.Conv2D(f3, 1, strides=s, padding="valid", name=conv + "1",
+    shortcut = layers.Conv2D(filters[2], 1, strides=s, padding="valid",
+                             name=f"res{stage}{block}_branch1",
                              kernel_initializer=initializer(0))(x)
-    shortcut = _bn(bn + "1", bn_momentum)(shortcut)
-    x = layers.Conv2D(f1, 1, strides=s, padding="valid", name=conv + "2a",
-                      kernel_initializer=initializer(0))(x)
-    x = _bn(bn + "2a", bn_momentum)(x)
-    x = layers.Activation("relu", name=f"act{stage}{block}_2a")(x)
-    x = layers.Conv2D(f2, f, strides=1, padding="same", name=conv + "2b",
-                      kernel_initializer=initializer(0))(x)
-    x = _bn(bn + "2b", bn_momentum)(x)
-    x = layers.Activation("relu", name=f"act{stage}{block}_2b")(x)
-    x = layers.Conv2D(f3, 1, strides=1, padding="valid", name=conv + "2c",
-                      kernel_initializer=initializer(0))(x)
-    x = _bn(bn + "2c", bn_momentum)(x)
-    x = layers.Add(name=f"add{stage}{block}")([x, shortcut])
-    return layers.Activation("relu", name=f"act{stage}{block}_out")(x)
+    shortcut = _bn(f"bn{stage}{block}_branch1", bn_momentum)(shortcut)
+    out = _bottleneck(x, f, filters, stage, block, s, bn_momentum, initializer)
+    out = layers.Add(name=f"add{stage}{block}")([out, shortcut])
+    return layers.Activation("relu", name=f"act{stage}{block}_out")(out)
 
 
 def stage(x, spec: StageSpec, stage_index: int, bn_momentum: float = 0.99):

@@ -164,11 +164,12 @@ def param_space(spec: TuneSpec) -> dict[str, Any]:
     return out
 
 
-def _searcher(spec: TuneSpec):
-    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter  # noqa: F401
+def _searcher(spec: TuneSpec, max_concurrent: int):
+    from ray.tune.search import BasicVariantGenerator
 
     if spec.searcher == "random":
-        return BasicVariantGenerator(random_state=spec.seed)
+        # Tune ignores max_concurrent_trials for a generator passed in: it is set here.
+        return BasicVariantGenerator(random_state=spec.seed, max_concurrent=max_concurrent)
     try:
         if spec.searcher == "optuna":
             from ray.tune.search.optuna import OptunaSearch
@@ -194,15 +195,14 @@ def _scheduler(spec: TuneSpec, max_epochs: int):
                          reduction_factor=spec.scheduler.get("reduction_factor", 2))
 
 
-def tune_trial(params: dict[str, Any], data=None) -> None:
+def tune_trial(params: dict[str, Any], data=None, base: dict[str, Any] | None = None) -> None:
     """One trial: a Ray Train run of the project's trainer with this trial's parameters."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from .train import build_trainer
 
-    base = params["base"]
-    overrides = {k: v for k, v in params.items() if k != "base"}
+    overrides = dict(params)
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = TrainConfig.from_dict({**base, **overrides, "name": f"train-{trial_id}",
                                  "export": None})
@@ -253,7 +253,8 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str = DEFAULT_STORAGE,
     # for no CPU (Tune refuses an empty request, hence a token of memory), and
     # max_concurrent_trials keeps trials from waiting on each other's workers.
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trial, data=(train, test)), {"cpu": 0, "memory": 2 ** 26})
+        tune.with_parameters(tune_trial, data=(train, test), base=base.to_dict()),
+        {"cpu": 0, "memory": 2 ** 26})
     if resume:
         if not tune.Tuner.can_restore(str(experiment)):
             raise ConfigError(f"--resume: no search to resume at {experiment}")
@@ -265,10 +266,10 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str = DEFAULT_STORAGE,
                               "continue it or choose another --name")
         tuner = tune.Tuner(
             trainable,
-            param_space={**param_space(spec), "base": base.to_dict()},
+            param_space=param_space(spec),
             tune_config=tune.TuneConfig(
                 metric=spec.metric, mode=spec.mode, num_samples=num_samples or spec.num_samples,
-                search_alg=_searcher(spec), scheduler=_scheduler(spec, base.epochs),
+                search_alg=_searcher(spec, concurrent), scheduler=_scheduler(spec, base.epochs),
                 max_concurrent_trials=concurrent),
             run_config=tune.RunConfig(name=name, storage_path=str(Path(storage).absolute()),
                                       failure_config=tune.FailureConfig(max_failures=1)),

@@ -2,6 +2,10 @@
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -127,16 +131,35 @@ def test_smoke_search_exports_the_best_trial(smoke_search):
 
 
 @pytest.mark.ray
-def test_interrupted_search_resumes_without_rerunning_finished_trials(smoke_search, synth_dir):
-    spec, base, _ = smoke_search
-    experiment = base / "smoke"
-    before = pd.read_csv(experiment / "trials.csv")
-    # Resuming a search whose trials all finished runs no trial again.
-    summary = run_search(spec, str(synth_dir), storage=str(base), name="smoke", resume=True)
-    after = pd.read_csv(experiment / "trials.csv")
-    assert sorted(after["trial"]) == sorted(before["trial"])
-    assert after.set_index("trial")["epochs"].to_dict() == \
-        before.set_index("trial")["epochs"].to_dict()
-    assert summary["epochs_run"] == int(before["epochs"].sum())
-    with pytest.raises(ConfigError, match="already exists"):
-        run_search(spec, str(synth_dir), storage=str(base), name="smoke")
+def test_interrupted_search_resumes_without_rerunning_finished_trials(synth_dir, tmp_path):
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    args = ["tune", "--config", ROOT / "tune_configs" / "smoke.yaml", "--data", synth_dir,
+            "--storage", tmp_path, "--name", "cut", "--max-concurrent", 1]
+    proc = subprocess.Popen([sys.executable, "-m", "resnet_ray", *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    experiment = tmp_path / "cut"
+
+    def finished_trials():
+        return [p.parent for p in experiment.glob("tune_trial_*/result.json")
+                if any(json.loads(line).get("done") for line in p.read_text().splitlines())]
+
+    deadline = time.time() + 600
+    while not finished_trials() and time.time() < deadline and proc.poll() is None:
+        time.sleep(2)
+    assert proc.poll() is None, "the search ended before it could be interrupted"
+    done = {p.name: p.joinpath("result.json").read_text() for p in finished_trials()}
+    assert done, "no trial finished in time"
+    proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
+    proc.wait(timeout=300)
+
+    resumed = run_cli(*args, "--resume", timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    table = pd.read_csv(experiment / "trials.csv")
+    assert len(table) == 4 and (table["stop"] != "error").all(), table
+    for name, before in done.items():  # finished trials were not run again
+        assert (experiment / name / "result.json").read_text() == before
+    again = run_cli(*[a for a in args], timeout=120)
+    assert again.returncode == 2 and "already exists" in again.stderr
