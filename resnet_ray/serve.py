@@ -20,6 +20,8 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 
 from . import WORKER_ENV_VARS, __version__
 from .errors import UserError
@@ -186,8 +188,9 @@ class DigitService:
     async def _multipart_file(self, request: Request, body: bytes) -> bytes:
         try:
             form = await request.form(max_files=2, max_fields=10)
-        except Exception as exc:  # malformed multipart in its many forms
-            raise HTTPError(400, f"malformed multipart body ({exc})") from None
+        except (MultiPartException, StarletteHTTPException) as exc:
+            detail = getattr(exc, "detail", None) or getattr(exc, "message", None) or exc
+            raise HTTPError(400, f"malformed multipart body ({detail})") from None
         files = [v for v in form.getlist("file") if hasattr(v, "read")]
         if not files:
             other = [k for k in form.keys()]
