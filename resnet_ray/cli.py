@@ -42,10 +42,11 @@ def _train_config(a) -> TrainConfig:
 def _train(a):
     from .train import run_training
 
-    result = run_training(_train_config(a))
+    cfg = _train_config(a)
+    result = run_training(cfg)
     m = result.metrics or {}
     print(f"finished: {m.get('epoch')} epochs, val_accuracy {m.get('val_accuracy', 0):.4f}, "
-          f"run directory {result.path}")
+          f"run directory {result.path or cfg.run_dir}")
 
 
 def _tune(a):

@@ -1,0 +1,79 @@
+"""serve/config.yaml and `resnet-ray serve`: what `serve run`/`serve deploy` and users rely on."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import yaml
+
+from conftest import ROOT
+
+
+def test_serve_config_is_a_valid_serve_deploy_config(tiny_model_dir):
+    from ray._common.utils import import_attr
+    from ray.serve.schema import ServeDeploySchema
+
+    doc = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
+    schema = ServeDeploySchema.parse_obj(doc)
+    app = schema.applications[0]
+    assert schema.http_options.host == "127.0.0.1"
+    builder = import_attr(app.import_path)
+    deployment = app.deployments[0]
+    assert deployment.name == "DigitService"
+    user_config = deployment.user_config
+    assert deployment.max_ongoing_requests >= user_config["max_batch_size"]  # ray#43288
+    assert deployment.ray_actor_options.runtime_env["env_vars"]["TF_USE_LEGACY_KERAS"] == "1"
+    bound = builder({**app.args, "model_dir": str(tiny_model_dir)})
+    assert type(bound).__name__ == "Application"
+
+
+def test_serve_config_without_a_model_is_a_clear_error(tmp_path):
+    from resnet_ray.errors import UserError
+    from resnet_ray.serve import build_app
+
+    with pytest.raises(UserError, match="no such model directory"):
+        build_app({"model_dir": str(tmp_path / "absent")})
+    with pytest.raises(UserError, match="unknown key 'batch'"):
+        build_app({"model_dir": str(_fake_model_dir(tmp_path)), "batch": 3})
+
+
+def _fake_model_dir(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "metadata.json").write_text('{"classes": [0, 1], "input_shape": [64, 64, 3]}')
+    return d
+
+
+@pytest.mark.ray
+def test_serve_command_runs_in_the_foreground_and_stops_on_ctrl_c(tiny_model_dir):
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    port = 8317
+    proc = subprocess.Popen([sys.executable, "-m", "resnet_ray", "serve", str(tiny_model_dir),
+                             "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(2)
+        else:
+            pytest.fail("resnet-ray serve did not answer /healthz")
+        assert httpx.get(f"http://127.0.0.1:{port}/metadata").json()["config"]["model"] == "tiny"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert "stopping" in out
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
