@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import DEFAULT_STORAGE, TrainConfig
-from .errors import ConfigError, RunFailed
+from .errors import ConfigError
 
 DISTRIBUTIONS = {"loguniform": 2, "uniform": 2, "randint": 2, "choice": None, "grid": None}
 SEARCHERS = ("random", "optuna", "hyperopt")

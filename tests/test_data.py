@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_ray.data import (grouped_stratified_split, import_images, load_data_dir, load_signs,
+from resnet_ray.data import (grouped_stratified_split, load_data_dir, load_signs,
                              write_signs_dir, Signs)
 from resnet_ray.errors import DataError
 from resnet_ray.images import decode_image

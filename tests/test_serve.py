@@ -2,11 +2,9 @@
 
 import asyncio
 import io
-import json
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np

@@ -1,12 +1,10 @@
 """Ray Tune: search-space files, the smoke search with ASHA, export, resume."""
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
