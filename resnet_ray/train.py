@@ -170,9 +170,20 @@ class LocalCheckpoints:
         ray.train.report(metrics)
 
     def best(self) -> Path | None:
-        done = self._complete()
-        return max(done, key=lambda p: json.loads((p / STATE_FILE).read_text())
-                   ["metrics"]["val_accuracy"]) if done else None
+        return best_checkpoint_dir(str(self.run_dir), "val_accuracy", "max")
+
+
+def best_checkpoint_dir(run_dir: str, metric: str, mode: str) -> Path | None:
+    """The best complete checkpoint of a run directory, by the metric in its state.json."""
+    best, best_score = None, None
+    for ckpt in sorted(Path(run_dir).glob("checkpoint_epoch_*")):
+        try:
+            score = json.loads((ckpt / STATE_FILE).read_text())["metrics"][metric]
+        except (OSError, KeyError, ValueError):
+            continue  # incomplete: its run stopped mid-write
+        if best is None or (score > best_score if mode == "max" else score < best_score):
+            best, best_score = ckpt, score
+    return best
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:

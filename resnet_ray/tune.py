@@ -211,21 +211,6 @@ def tune_trial(params: dict[str, Any], data=None, base: dict[str, Any] | None = 
     build_trainer(cfg.validate(), data, callbacks=[TuneReportCallback()]).fit()
 
 
-def best_checkpoint_dir(run_dir: str, metric: str, mode: str) -> Path | None:
-    """The best kept checkpoint of one trial's Train run, by the metric in its state.json."""
-    from .train import STATE_FILE
-
-    best, best_score = None, None
-    for ckpt in sorted(Path(run_dir).glob("checkpoint_epoch_*")):
-        try:
-            score = json.loads((ckpt / STATE_FILE).read_text())["metrics"][metric]
-        except (OSError, KeyError, ValueError):
-            continue  # an incomplete checkpoint of a trial stopped mid-write
-        if best is None or (score > best_score if mode == "max" else score < best_score):
-            best, best_score = ckpt, score
-    return best
-
-
 def run_search(spec: TuneSpec, data_dir: str, storage: str = DEFAULT_STORAGE,
                name: str = "tune", export: str | None = None, max_concurrent: int | None = None,
                num_samples: int | None = None, resume: bool = False) -> dict[str, Any]:
@@ -283,7 +268,7 @@ def summarize(results, spec: TuneSpec, base: TrainConfig, experiment: Path,
     """Trials table (printed and CSV), plots, and the best checkpoint exported."""
     import pandas as pd
 
-    from .train import export_checkpoint
+    from .train import best_checkpoint_dir, export_checkpoint
 
     rows, curves = [], {}
     searched = list(spec.search_space)
