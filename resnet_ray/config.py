@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,10 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"{source}: unknown key {unknown[0]!r}; expected one of "
                               f"{sorted(known)}")
+        for key, value in d.items():
+            expected = _expected_type(key, value)
+            if expected:
+                raise ConfigError(f"{source}: key '{key}' must be {expected}, got {value!r}")
         try:
             return cls(**d)
         except (TypeError, ValueError) as exc:
@@ -105,3 +110,33 @@ class TrainConfig:
     @property
     def run_dir(self) -> str:
         return f"{self.storage.rstrip('/')}/{self.name}"
+
+
+_INTS = {"epochs", "batch_size", "num_workers", "cpus_per_worker", "max_failures",
+         "keep_checkpoints", "seed"}
+_FLOATS = {"lr", "bn_momentum", "label_smoothing"}
+_STRS = {"data", "model", "storage", "name"}
+
+
+def _expected_type(key: str, value: Any) -> str | None:
+    """What a config value should have been, or None if it is fine (YAML and JSON give
+    strings, lists and booleans where a number was meant; say so instead of failing later)."""
+    def is_int(v):  # numpy's integers too (Tune samples them)
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    if key in _INTS and not is_int(value):
+        return "an integer"
+    if key in _FLOATS and not (isinstance(value, numbers.Real) and not isinstance(value, bool)):
+        return "a number"
+    if key in _STRS and not isinstance(value, str):
+        return "a string"
+    if key == "export" and value is not None and not isinstance(value, str):
+        return "a path or null"
+    if key == "use_gpu" and not isinstance(value, bool):
+        return "true or false"
+    if key == "input_shape" and not (isinstance(value, (list, tuple)) and len(value) == 3
+                                     and all(is_int(v) for v in value)):
+        return "[height, width, channels]"
+    if key == "classes" and not (isinstance(value, list) and all(is_int(v) for v in value)):
+        return "a list of integer labels"
+    return None

@@ -23,3 +23,7 @@ class RunFailed(Exception):
     """A training or tuning run failed beyond its retries; its checkpoints are kept."""
 
     exit_code = 1
+
+
+class CheckpointError(UserError):
+    """A training checkpoint is incomplete or damaged."""

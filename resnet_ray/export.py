@@ -72,13 +72,32 @@ def read_metadata(model_dir: str | os.PathLike) -> dict[str, Any]:
         raise ModelDirError(f"{path}: not valid JSON ({exc})") from None
     classes = meta.get("classes") if isinstance(meta, dict) else None
     if not isinstance(classes, list) or len(classes) < 2 or \
-            not all(isinstance(c, int) for c in classes):
-        raise ModelDirError(f"{path}: key 'classes' must be a list of at least two integer "
-                            f"digits, got {classes!r}")
+            not all(isinstance(c, int) for c in classes) or len(set(classes)) != len(classes):
+        raise ModelDirError(f"{path}: key 'classes' must be a list of at least two distinct "
+                            f"integer digits, got {classes!r}")
     shape = meta.get("input_shape")
     if not isinstance(shape, list) or len(shape) != 3 or shape[2] != 3:
         raise ModelDirError(f"{path}: key 'input_shape' must be [height, width, 3], got {shape!r}")
     return meta
+
+
+def check_model_file(model_dir: str | os.PathLike) -> None:
+    """Cheap checks of model.keras (present, an intact Keras archive) without loading it,
+    so that a server fails at once, naming the file, instead of in every replica."""
+    import zipfile
+
+    path = Path(model_dir) / MODEL_FILE
+    if not path.is_file():
+        raise ModelDirError(f"{path}: missing; expected the Keras model file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ModelDirError(f"{path}: not a Keras model archive ({exc})") from None
+    if damaged is not None or "config.json" not in names:
+        raise ModelDirError(f"{path}: damaged Keras model archive "
+                            f"({'bad entry ' + damaged if damaged else 'no config.json'})")
 
 
 def load_model_dir(model_dir: str | os.PathLike):

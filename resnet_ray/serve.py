@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
@@ -82,6 +83,11 @@ class DigitService:
         self.batch_sizes: Counter[int] = Counter()
         self.user_config = dict(DEFAULT_USER_CONFIG)
         self.started = time.time()
+        # /metadata is answered by one replica: say which, and where (its batch counts are
+        # that replica's, and on a cluster this shows how requests spread over nodes).
+        self.replica = {"id": serve.get_replica_context().replica_id.unique_id,
+                        "node_id": ray.get_runtime_context().get_node_id(),
+                        "pid": os.getpid()}
         # Tests hold requests here (an actor with an async wait()), as Serve's own
         # backpressure tests do, to fill the queue deterministically.
         self._gate = _gate
@@ -119,8 +125,11 @@ class DigitService:
     async def page(self) -> str:
         return resources.files("resnet_ray").joinpath("index.html").read_text()
 
-    @api.get("/healthz")
-    async def healthz(self) -> dict[str, Any]:
+    @api.get("/healthz", responses={503: {}})
+    async def healthz(self):
+        # A load balancer's probe: 200 only from a replica that can answer predictions.
+        if self.model is None:
+            return _error(503, "model not loaded")
         return {"status": "ok", "model": self.model_dir,
                 "uptime_s": round(time.time() - self.started, 1)}
 
@@ -130,7 +139,8 @@ class DigitService:
                 "metrics": self.meta.get("metrics", {}), "config": self.meta.get("config", {}),
                 "versions": self.meta.get("versions", {}), "user_config": self.user_config,
                 "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
-                "max_body_bytes": self.max_body_bytes, "max_instances": self.max_instances}
+                "max_body_bytes": self.max_body_bytes, "max_instances": self.max_instances,
+                "replica": self.replica}
 
     @api.post("/predict", responses={400: {}, 413: {}, 415: {}, 503: {}})
     async def predict(self, request: Request):
@@ -208,6 +218,8 @@ class DigitService:
             raise
         except (ValueError, UnicodeDecodeError) as exc:
             raise HTTPError(400, f"body is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise HTTPError(400, "body is not valid JSON (nested too deeply)") from None
         if not isinstance(doc, dict) or "instances" not in doc:
             raise HTTPError(400, "JSON body must be an object with key 'instances': a list of "
                                  f"{'x'.join(map(str, self.shape))} pixel arrays")
@@ -221,12 +233,16 @@ class DigitService:
         for i, inst in enumerate(instances):
             try:
                 arr = np.asarray(inst, dtype=np.float64)
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, OverflowError, RecursionError):
                 raise HTTPError(400, f"instances[{i}]: expected nested lists of numbers of "
                                      f"shape {list(self.shape)}") from None
             if arr.shape != self.shape:
                 raise HTTPError(400, f"instances[{i}]: shape {list(arr.shape)}, expected "
                                      f"{list(self.shape)} (height, width, RGB)")
+            # numpy would also take "12" or true as a number; JSON numbers only.
+            if not all(type(v) in (int, float) for row in inst for px in row for v in px):
+                raise HTTPError(400, f"instances[{i}]: pixel values must be JSON numbers, "
+                                     "not strings, booleans or null")
             if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 255:
                 raise HTTPError(400, f"instances[{i}]: pixel values must be finite numbers "
                                      "from 0 to 255")
@@ -241,7 +257,7 @@ class DigitService:
 
 def build_app(args: dict[str, Any], num_replicas: int | None = None):
     """Serve application builder (`import_path: resnet_ray.serve:build_app` with `args`)."""
-    from .export import read_metadata
+    from .export import check_model_file, read_metadata
 
     args = dict(args or {})
     model_dir = args.pop("model_dir", None) or os.environ.get("RESNET_RAY_MODEL")
@@ -255,6 +271,7 @@ def build_app(args: dict[str, Any], num_replicas: int | None = None):
     if unknown:
         raise UserError(f"args: unknown key {unknown[0]!r}; expected model_dir or "
                         f"{sorted(known - {'_gate'})}")
+    check_model_file(model_dir)
     deployment = DigitService.options(num_replicas=num_replicas) if num_replicas else DigitService
     return deployment.bind(model_dir, **args)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -23,7 +24,7 @@ import numpy as np
 from . import WORKER_ENV_VARS
 from .config import TrainConfig
 from .data import Signs, load_data_dir
-from .errors import ConfigError, RunFailed
+from .errors import CheckpointError, ConfigError, RunFailed
 
 WEIGHTS_FILE = "model.weights.h5"
 OPTIMIZER_FILE = "optimizer.npz"
@@ -33,6 +34,9 @@ REPORTS_FILE = "reports.jsonl"
 # Test-only fault injection: "EPOCH:RANK:MARKER" makes that rank's process exit at the start
 # of that epoch (1-based), once: the marker file records that it already happened.
 FAULT_ENV = "RESNET_RAY_FAIL_AT_EPOCH"
+# Test-only: "STEP:RANK:MARKER" SIGKILLs rank RANK after its STEP-th training step (counted
+# from 1 over the whole run), once (MARKER records it): a crash no Python code can soften.
+KILL_ENV = "RESNET_RAY_KILL_AT_STEP"
 
 
 # ---------------------------------------------------------------- worker side
@@ -76,6 +80,17 @@ def _maybe_inject_fault(epoch: int, rank: int) -> None:
         os._exit(1)
 
 
+def _maybe_kill(step: int, rank: int) -> None:
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return
+    at_step, at_rank, marker = spec.split(":", 2)
+    if int(at_step) == step and int(at_rank) == rank and not os.path.exists(marker):
+        Path(marker).write_text(f"rank {rank} killed after step {step}\n")
+        print(f"[fault injection] SIGKILL rank {rank} after step {step}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def save_checkpoint(directory: Path, model_local, optimizer, cfg: TrainConfig,
                     state: dict[str, Any]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
@@ -87,16 +102,52 @@ def save_checkpoint(directory: Path, model_local, optimizer, cfg: TrainConfig,
 
 def restore_checkpoint(directory: Path, model, optimizer) -> dict[str, Any]:
     """Load weights and optimizer state into a (possibly distributed) model; return its state."""
-    model.load_weights(directory / WEIGHTS_FILE)
-    saved = np.load(directory / OPTIMIZER_FILE)
-    values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    part = directory / WEIGHTS_FILE
+    try:
+        model.load_weights(part)
+        part = directory / OPTIMIZER_FILE
+        # Arrays only (allow_pickle=False): a checkpoint can't make us run code.
+        with np.load(part, allow_pickle=False) as saved:
+            values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        part = directory / STATE_FILE
+        state = json.loads(part.read_text())
+    except Exception as exc:  # h5py, numpy and json raise many types for a damaged file
+        raise CheckpointError(f"{part}: cannot be read ({type(exc).__name__}: {exc}); the "
+                              f"checkpoint is damaged: remove {directory} to resume from an "
+                              f"earlier one") from None
     optimizer.build(model.trainable_variables)
     if len(values) != len(optimizer.variables):
-        raise ConfigError(f"{directory / OPTIMIZER_FILE}: holds {len(values)} optimizer "
-                          f"variables, the model needs {len(optimizer.variables)}")
+        raise CheckpointError(f"{directory / OPTIMIZER_FILE}: holds {len(values)} optimizer "
+                              f"variables, the model needs {len(optimizer.variables)}")
     for var, value in zip(optimizer.variables, values):
         var.assign(value)
-    return json.loads((directory / STATE_FILE).read_text())
+    return state
+
+
+def check_checkpoints(run_dir: str) -> None:
+    """Refuse to resume from a damaged checkpoint, naming it, before any worker starts.
+
+    Ray Train would hand the latest one to every worker, each would fail to load it, and the
+    run would burn its --max-failures on a file that will never load."""
+    import h5py
+
+    for directory in sorted(Path(run_dir).glob("checkpoint_epoch_*")):
+        if not (directory / STATE_FILE).exists():
+            continue  # never completed; resume ignores it
+        part = directory / WEIGHTS_FILE
+        try:
+            with h5py.File(part, "r"):
+                pass
+            part = directory / OPTIMIZER_FILE
+            with np.load(part, allow_pickle=False) as saved:
+                for key in saved.files:
+                    saved[key]
+            part = directory / STATE_FILE
+            json.loads(part.read_text())["epoch"]
+        except Exception as exc:
+            raise CheckpointError(f"{part}: cannot be read ({type(exc).__name__}: {exc}); "
+                                  f"the checkpoint is damaged: move {directory} away to "
+                                  f"resume from an earlier one") from None
 
 
 def build_compiled(cfg: TrainConfig):
@@ -235,7 +286,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     class EpochEnd(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             _maybe_inject_fault(epoch + 1, rank)
+            self.epoch = epoch
             self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            _maybe_kill(self.epoch * steps + batch + 1, rank)
 
         def on_epoch_end(self, epoch, logs=None):
             seconds = time.perf_counter() - self.start
@@ -360,8 +415,9 @@ def build_trainer(cfg: TrainConfig, data, callbacks=()):
 
     local = cfg.num_workers == 0
     env = dict(WORKER_ENV_VARS)
-    if os.environ.get(FAULT_ENV):
-        env[FAULT_ENV] = os.environ[FAULT_ENV]
+    for var in (FAULT_ENV, KILL_ENV):
+        if os.environ.get(var):
+            env[var] = os.environ[var]
     callbacks = list(callbacks)
     if "://" not in cfg.storage:
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
@@ -395,6 +451,8 @@ def run_training(cfg: TrainConfig, quiet: bool = False):
     if local and "://" in cfg.storage:
         raise ConfigError(f"storage: a single-process run (num_workers 0) keeps checkpoints "
                           f"on a local path, got {cfg.storage!r}")
+    if "://" not in cfg.storage:
+        check_checkpoints(cfg.run_dir)
     if not local:
         init_ray()
     trainer = build_trainer(cfg, (train, test))

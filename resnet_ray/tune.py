@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -358,3 +359,14 @@ def plot_results(table, curves, spec: TuneSpec, experiment: Path) -> list[Path]:
         plt.close(fig)
     return paths
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m resnet_ray.tune ...`: the entrypoint for `ray job submit` and a RayJob."""
+    from .cli import main as cli_main
+
+    return cli_main(["tune", *(argv if argv is not None else sys.argv[1:])])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

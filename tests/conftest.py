@@ -13,6 +13,21 @@ DIGITS = SHARED / "datasets" / "sign-language-digits"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--long", action="store_true",
+                     help="the long reliability suite: every seeded fault run, more "
+                          "Hypothesis examples, 5,000 load requests")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--long"):
+        return
+    skip = pytest.mark.skip(reason="long version only (pytest --long)")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)
+
+
 def run_cli(*args, cwd=None, env=None, timeout=600):
     """Run `resnet-ray ARGS` in a fresh interpreter, as a user would."""
     return subprocess.run([sys.executable, "-m", "resnet_ray", *map(str, args)],

@@ -70,6 +70,7 @@ def test_serve_command_runs_in_the_foreground_and_stops_on_ctrl_c(tiny_model_dir
         else:
             pytest.fail("resnet-ray serve did not answer /healthz")
         assert httpx.get(f"http://127.0.0.1:{port}/metadata").json()["config"]["model"] == "tiny"
+        _assert_loopback_only(proc.pid, port)
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
@@ -77,3 +78,20 @@ def test_serve_command_runs_in_the_foreground_and_stops_on_ctrl_c(tiny_model_dir
     assert "stopping" in out
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def _assert_loopback_only(pid, serve_port):
+    """The HTTP service and the Ray dashboard it started listen on 127.0.0.1 only."""
+    import psutil
+
+    def listening(port):
+        return {c.laddr.ip for c in psutil.net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+
+    assert listening(serve_port) == {"127.0.0.1"}, listening(serve_port)
+    dashboards = [p for p in psutil.Process(pid).children(recursive=True)
+                  if any(a.endswith("dashboard/dashboard.py") for a in p.cmdline())]
+    assert dashboards, "no Ray dashboard among the command's processes"
+    for dash in dashboards:
+        port = int(next(a.split("=", 1)[1] for a in dash.cmdline() if a.startswith("--port=")))
+        assert listening(port) == {"127.0.0.1"}, (port, listening(port))

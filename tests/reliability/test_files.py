@@ -1,0 +1,177 @@
+"""Bad files: a clear error naming the file, exit status 2, nothing overwritten, and no code
+run from a file."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import ROOT, assert_user_error, run_cli
+
+pytestmark = pytest.mark.reliability
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        h.update(str(p.relative_to(path)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _damaged_data(synth_dir, tmp_path, how):
+    d = tmp_path / "data"
+    shutil.copytree(synth_dir, d)
+    path = d / "train_signs.h5"
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 3])
+    else:  # corrupted: the middle overwritten
+        mid = len(data) // 2
+        path.write_bytes(data[:mid] + b"\xff" * 4096 + data[mid + 4096:])
+    return d
+
+
+@pytest.mark.parametrize("how", ["truncated", "corrupted"])
+def test_damaged_hdf5_is_named_and_the_previous_export_survives(synth_dir, tiny_model_dir,
+                                                                 tmp_path, how):
+    data = _damaged_data(synth_dir, tmp_path, how)
+    export = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, export)
+    before = _digest(export)
+    proc = run_cli("train", "--data", data, "--model", "tiny", "--epochs", 1,
+                   "--num-workers", 0, "--storage", tmp_path / "runs", "--export", export)
+    assert_user_error(proc, "train_signs.h5")
+    assert _digest(export) == before
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("checkpoint_*"))
+    if how == "truncated":
+        assert_user_error(run_cli("evaluate", tiny_model_dir, "--data", data / "train_signs.h5"),
+                          "train_signs.h5")
+
+
+@pytest.mark.parametrize("damage", ["missing model file", "truncated model file",
+                                    "model file is not a zip", "metadata not JSON"])
+@pytest.mark.parametrize("command", ["predict", "evaluate", "serve"])
+def test_damaged_model_directory_is_named(tiny_model_dir, synth_dir, tmp_path, damage, command):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    keras_file = model / "model.keras"
+    if damage == "missing model file":
+        keras_file.unlink()
+    elif damage == "truncated model file":
+        keras_file.write_bytes(keras_file.read_bytes()[:2000])
+    elif damage == "model file is not a zip":
+        keras_file.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    else:
+        (model / "metadata.json").write_text("{classes: [0, 1")
+    before = _digest(model)
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(image)
+    args = {"predict": ["predict", model, image], "evaluate": ["evaluate", model, "--data",
+                                                              synth_dir / "test_signs.h5"],
+            "serve": ["serve", model, "--port", 8399]}[command]
+    proc = run_cli(*args, timeout=300)
+    culprit = "metadata.json" if damage == "metadata not JSON" else "model.keras"
+    assert_user_error(proc, culprit)
+    assert _digest(model) == before
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"classes": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}, "10 classes"),
+    ({"input_shape": [32, 32, 3]}, "input_shape"),
+    ({"classes": [0, 1, 2, 3, 4, 4]}, "classes"),
+])
+def test_metadata_that_disagrees_with_the_model_is_refused(tiny_model_dir, synth_dir, tmp_path,
+                                                           change, fragment):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    meta = json.loads((model / "metadata.json").read_text())
+    meta.update(change)
+    (model / "metadata.json").write_text(json.dumps(meta))
+    proc = run_cli("evaluate", model, "--data", synth_dir / "test_signs.h5")
+    assert_user_error(proc, "metadata.json", fragment)
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda c: c["train"].update(epochs="ten"), "epochs"),
+    (lambda c: c["train"].update(lr=[0.1]), "lr"),
+    (lambda c: c.update(num_samples="4"), "num_samples"),
+    (lambda c: c["search_space"].update(lr={"loguniform": ["a", 1]}), "lr"),
+    (lambda c: c["scheduler"].update(grace_period=-1), "grace_period"),
+    (lambda c: c.update(search_space=[1, 2]), "search_space"),
+])
+def test_tune_yaml_with_wrong_types_is_named_and_nothing_is_written(synth_dir, tmp_path, edit,
+                                                                    fragment):
+    config = yaml.safe_load((ROOT / "tune_configs" / "smoke.yaml").read_text())
+    edit(config)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = run_cli("tune", "--config", path, "--data", synth_dir, "--storage", tmp_path / "runs",
+                   "--name", "bad", timeout=300)
+    assert_user_error(proc, str(path), fragment)
+    assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_damaged_training_checkpoint_stops_the_resume_and_is_kept(synth_dir, tmp_path):
+    args = ["train", "--data", synth_dir, "--model", "tiny", "--num-workers", 0,
+            "--storage", tmp_path, "--name", "run"]
+    assert run_cli(*args, "--epochs", 1).returncode == 0
+    (ckpt,) = (tmp_path / "run").glob("checkpoint_epoch_*")
+    weights = ckpt / "model.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:500])
+    before = _digest(tmp_path / "run")
+    proc = run_cli(*args, "--epochs", 2)
+    assert_user_error(proc, str(weights), "damaged")
+    assert _digest(tmp_path / "run") == before
+
+
+def test_checkpoint_arrays_are_loaded_without_pickle(tmp_path):
+    """An optimizer file holding a pickled object must not run it."""
+    from resnet_ray.config import TrainConfig
+    from resnet_ray.errors import CheckpointError
+    from resnet_ray.train import build_compiled, restore_checkpoint, save_checkpoint
+
+    cfg = TrainConfig(data="x", model="tiny", input_shape=[64, 64, 3], classes=[0, 1])
+    model, optimizer = build_compiled(cfg)
+    save_checkpoint(tmp_path, model, optimizer, cfg, {"epoch": 1, "history": []})
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    np.savez(tmp_path / "optimizer.npz", np.array([Payload()], dtype=object))
+    with pytest.raises(CheckpointError, match="optimizer.npz"):
+        restore_checkpoint(tmp_path, model, optimizer)
+    assert not marker.exists()
+
+
+def test_model_file_with_code_is_refused_not_run(tiny_model_dir, tmp_path):
+    """Keras safe mode: a Lambda layer's bytecode in model.keras is never deserialised."""
+    from resnet_ray.export import save_model_dir
+    from resnet_ray.keras_backend import keras
+
+    marker = tmp_path / "pwned"
+    code = (f"lambda x: (__import__('pathlib').Path({str(marker)!r}).touch() "
+            f"if __import__('os').environ.get('RESNET_RAY_ARM') else None, x)[1]")
+    inputs = keras.Input((64, 64, 3))
+    x = keras.layers.Lambda(eval(code))(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(2, activation="softmax")(x)
+    evil = tmp_path / "evil"
+    save_model_dir(keras.Model(inputs, outputs), evil,
+                   {"classes": [0, 1], "config": {}, "metrics": {}})
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(image)
+    proc = run_cli("predict", evil, image, env={"RESNET_RAY_ARM": "1"})
+    assert_user_error(proc, "model.keras")
+    assert not marker.exists()

@@ -1,0 +1,141 @@
+"""Training under faults: a worker SIGKILLed at a random step (seeded runs), the driver killed
+and the command re-run, a Tune trial whose worker dies once."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from resnet_ray.config import TrainConfig
+from resnet_ray.export import load_model_dir
+from resnet_ray.train import (FAULT_ENV, KILL_ENV, REPORTS_FILE, build_compiled,
+                              restore_checkpoint, run_training)
+
+from conftest import ROOT, run_cli
+
+pytestmark = [pytest.mark.ray, pytest.mark.reliability]
+EPOCHS, BATCH, TRAIN_IMAGES = 3, 32, 192  # conftest's synth_dir: 6 steps an epoch
+
+
+def _reports(run_dir):
+    path = Path(run_dir) / REPORTS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _assert_checkpoints_readable(run_dir, cfg):
+    checkpoints = sorted(Path(run_dir).glob("checkpoint_epoch_*"))
+    assert checkpoints
+    for ckpt in checkpoints:
+        model, optimizer = build_compiled(cfg)
+        state = restore_checkpoint(ckpt, model, optimizer)  # raises if half-written
+        assert state["epoch"] == int(ckpt.name.rsplit("_", 1)[1])
+    leftovers = [p.name for p in Path(run_dir).iterdir() if p.name.startswith(".")]
+    assert not leftovers, leftovers
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    from resnet_ray.train import init_ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    init_ray()
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("seed", [0] + [pytest.param(s, marks=pytest.mark.long)
+                                        for s in range(1, 10)])
+def test_worker_sigkilled_at_a_random_step_is_recovered(ray_cluster, synth_dir, tmp_path,
+                                                        monkeypatch, seed):
+    rng = np.random.default_rng(seed)
+    steps = EPOCHS * (TRAIN_IMAGES // BATCH)
+    step, rank = int(rng.integers(1, steps)), int(rng.integers(0, 2))
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(KILL_ENV, f"{step}:{rank}:{marker}")
+    cfg = TrainConfig(data=str(synth_dir), model="tiny", epochs=EPOCHS, batch_size=BATCH,
+                      num_workers=2, max_failures=1, storage=str(tmp_path / "runs"),
+                      name="kill", export=str(tmp_path / "model"), seed=seed)
+    result = run_training(cfg, quiet=True)
+    assert marker.exists(), f"rank {rank} was not killed at step {step}"
+    assert result.metrics["epoch"] == EPOCHS
+    reports = _reports(cfg.run_dir)
+    for r in (0, 1):
+        epochs = [x["epoch"] for x in reports if x["rank"] == r]
+        assert epochs == list(range(1, EPOCHS + 1)), f"rank {r}: {epochs} (killed at {step})"
+    _assert_checkpoints_readable(cfg.run_dir, cfg)
+    assert load_model_dir(cfg.export)[1]["metrics"]["epoch"] >= 1
+    print(f"\nseed {seed}: rank {rank} SIGKILLed after step {step}/{steps}; run completed")
+
+
+def test_killed_driver_then_rerun_resumes(synth_dir, tmp_path):
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    epochs = 5
+    args = ["train", "--data", synth_dir, "--model", "tiny", "--epochs", epochs,
+            "--num-workers", 2, "--storage", tmp_path / "runs", "--name", "driver",
+            "--export", tmp_path / "model"]
+    run_dir = tmp_path / "runs" / "driver"
+    # Its own session: the driver and the Ray it started die together, as on a lost machine.
+    proc = subprocess.Popen([sys.executable, "-m", "resnet_ray", *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    while not any(r["epoch"] >= 2 for r in _reports(run_dir)):
+        assert proc.poll() is None and time.time() < deadline, "no epoch 2 before the kill"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _reports(run_dir)
+    assert max(r["epoch"] for r in before) < epochs, "finished before the kill"
+
+    again = run_cli(*args, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in again.stdout, again.stdout[-2000:]
+    after = _reports(run_dir)[len(before):]
+    first = min(r["epoch"] for r in after)
+    assert 1 < first <= max(r["epoch"] for r in before) + 1, (before, after)
+    for rank in (0, 1):
+        epochs_after = [r["epoch"] for r in after if r["rank"] == rank]
+        assert epochs_after == list(range(first, epochs + 1)), epochs_after
+    assert load_model_dir(tmp_path / "model")[1]["metrics"]["epoch"] >= 1
+
+
+def test_tune_trial_whose_worker_dies_once_recovers(synth_dir, tmp_path):
+    import pandas as pd
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    config = yaml.safe_load((ROOT / "tune_configs" / "smoke.yaml").read_text())
+    config["train"].update(num_workers=2, epochs=3, max_failures=1)
+    config["num_samples"] = 1
+    config["scheduler"] = {"type": "fifo"}
+    path = tmp_path / "one.yaml"
+    path.write_text(yaml.safe_dump(config))
+    marker = tmp_path / "fault"
+    proc = run_cli("tune", "--config", path, "--data", synth_dir, "--storage", tmp_path,
+                   "--name", "faulty", "--export", tmp_path / "best",
+                   env={FAULT_ENV: f"2:1:{marker}"}, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert marker.exists(), "the fault was not injected"
+    table = pd.read_csv(tmp_path / "faulty" / "trials.csv")
+    assert len(table) == 1 and table["stop"].iloc[0] != "error", table
+    assert table["epochs"].iloc[0] == 3
+    (reports,) = (tmp_path / "faulty").rglob(REPORTS_FILE)
+    lines = [json.loads(line) for line in reports.read_text().splitlines()]
+    for rank in (0, 1):
+        assert [r["epoch"] for r in lines if r["rank"] == rank] == [1, 2, 3]

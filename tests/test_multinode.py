@@ -1,0 +1,195 @@
+"""A multi-node Ray cluster on this host (cluster/local_cluster.py: a head with no CPUs and
+three 1-CPU worker nodes on 127.0.0.1): training spread over nodes through `ray job submit`,
+a node lost mid-run, and Serve replicas on different nodes."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from resnet_ray.export import load_model_dir
+from resnet_ray.train import REPORTS_FILE
+
+from conftest import ROOT, random_images
+
+pytestmark = pytest.mark.ray
+
+SCRIPT = ROOT / "cluster" / "local_cluster.py"
+RAY = str(Path(sys.executable).with_name("ray"))
+SERVE = str(Path(sys.executable).with_name("serve"))
+# Away from the job-submit test's cluster and from Ray's defaults.
+PORT, DASHBOARD_PORT, HTTP_PORT = 6392, 8278, 8392
+
+
+def script(state_dir, *args, check=True, timeout=300):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--state-dir", str(state_dir), *args],
+                          capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    import ray
+
+    if ray.is_initialized():  # a local cluster left by another module would compete
+        ray.shutdown()
+    state_dir = tmp_path_factory.mktemp("cluster")
+    script(state_dir, "start", "--workers", "3", "--cpus-per-worker", "1", "--head-cpus", "0",
+           "--port", str(PORT), "--dashboard-port", str(DASHBOARD_PORT))
+    state = json.loads((state_dir / "cluster.json").read_text())
+    env = {**os.environ, "RAY_AUTH_MODE": "token",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    yield state_dir, state["address"], env
+    script(state_dir, "stop")
+    assert not (state_dir / "cluster.json").exists()
+
+
+def nodes(state_dir):
+    return json.loads(script(state_dir, "nodes").stdout)
+
+
+def submit(address, env, args, wait=True):
+    job_id = f"resnet-ray-{uuid.uuid4().hex[:8]}"
+    cmd = [RAY, "job", "submit", "--address", address, "--submission-id", job_id,
+           "--runtime-env", "cluster/runtime_env.yaml"]
+    if not wait:
+        cmd.append("--no-wait")
+    proc = subprocess.run([*cmd, "--", "python", "-m", "resnet_ray.train", *map(str, args)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    return job_id, proc
+
+
+def job_status(address, env, job_id):
+    out = subprocess.run([RAY, "job", "status", "--address", address, job_id], env=env,
+                         capture_output=True, text=True)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)
+    found = re.findall(r"\b(PENDING|RUNNING|SUCCEEDED|FAILED|STOPPED)\b", plain)
+    return found[-1] if found else plain
+
+
+def job_logs(address, env, job_id):
+    return subprocess.run([RAY, "job", "logs", "--address", address, job_id], env=env,
+                          capture_output=True, text=True).stdout
+
+
+def reports(run_dir):
+    path = Path(run_dir) / REPORTS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_cluster_has_a_cpu_less_head_and_three_worker_nodes(cluster):
+    state_dir, _, _ = cluster
+    assert set(nodes(state_dir)) == {"head", "worker1", "worker2", "worker3"}
+    status = script(state_dir, "status").stdout
+    assert re.search(r"\b3\.0 ?CPU\b", status), status
+
+
+def test_job_trains_two_workers_on_two_nodes_and_exports(cluster, synth_dir, tmp_path):
+    state_dir, address, env = cluster
+    export = tmp_path / "model"
+    job_id, proc = submit(address, env, [
+        "--data", synth_dir, "--model", "tiny", "--epochs", 2, "--num-workers", 2,
+        "--storage", tmp_path / "runs", "--name", "multi", "--export", export])
+    assert job_status(address, env, job_id) == "SUCCEEDED", (proc.stdout[-3000:],
+                                                             proc.stderr[-3000:])
+    by_rank = {}
+    for r in reports(tmp_path / "runs" / "multi"):
+        by_rank.setdefault(r["rank"], set()).add(r["node_id"])
+    ids = nodes(state_dir)
+    assert set(by_rank) == {0, 1}
+    node_of = {rank: next(iter(n)) for rank, n in by_rank.items()}
+    assert node_of[0] != node_of[1], "both workers ran on one node"
+    assert ids["head"] not in node_of.values(), "a training worker ran on the head"
+    _, meta = load_model_dir(export)
+    assert meta["config"]["num_workers"] == 2 and meta["metrics"]["epoch"] == 2
+
+
+def test_lost_node_is_survived_from_the_last_checkpoint(cluster, synth_dir, tmp_path):
+    state_dir, address, env = cluster
+    run_dir, epochs = tmp_path / "runs" / "lost", 6
+    job_id, proc = submit(address, env, [
+        "--data", synth_dir, "--model", "tiny", "--epochs", epochs, "--num-workers", 2,
+        "--max-failures", 2, "--storage", tmp_path / "runs", "--name", "lost",
+        "--export", tmp_path / "model"], wait=False)
+    assert proc.returncode == 0, proc.stderr
+    deadline = time.time() + 600
+    while not any(r["epoch"] >= 1 for r in reports(run_dir)):
+        assert time.time() < deadline and job_status(address, env, job_id) in (
+            "PENDING", "RUNNING"), job_logs(address, env, job_id)[-3000:]
+        time.sleep(0.5)
+    victim_id = next(r["node_id"] for r in reports(run_dir) if r["rank"] == 1)
+    name = next(n for n, i in nodes(state_dir).items() if i == victim_id)
+    script(state_dir, "remove-node", name.removeprefix("worker"))
+    killed_after = max(r["epoch"] for r in reports(run_dir))
+    assert killed_after < epochs, "the run finished before the node was removed"
+
+    while (status := job_status(address, env, job_id)) in ("PENDING", "RUNNING"):
+        assert time.time() < deadline, job_logs(address, env, job_id)[-3000:]
+        time.sleep(2)
+    assert status == "SUCCEEDED", job_logs(address, env, job_id)[-4000:]
+    final = reports(run_dir)
+    for rank in (0, 1):
+        assert [r["epoch"] for r in final if r["rank"] == rank] == list(range(1, epochs + 1))
+    after = {r["node_id"] for r in final if r["epoch"] > killed_after + 1}
+    assert victim_id not in after and len(after) == 2, (victim_id, after)
+    assert load_model_dir(tmp_path / "model")[1]["metrics"]["epoch"] >= 1
+
+
+def test_serve_replicas_on_two_nodes_answer(cluster, tiny_model_dir, tmp_path):
+    state_dir, address, env = cluster
+    config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
+    # Every node of this cluster shares 127.0.0.1, so one proxy (the head's) takes the port.
+    config["proxy_location"] = "HeadOnly"
+    config["http_options"]["port"] = HTTP_PORT
+    app = config["applications"][0]
+    app["args"]["model_dir"] = str(tiny_model_dir)
+    app["deployments"][0]["num_replicas"] = 2
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    deploy = subprocess.run([SERVE, "deploy", str(path), "--address", address], env=env,
+                            capture_output=True, text=True, cwd=ROOT)
+    assert deploy.returncode == 0, deploy.stderr
+    url = f"http://127.0.0.1:{HTTP_PORT}"
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, subprocess.run(
+                [SERVE, "status", "--address", address], env=env, capture_output=True,
+                text=True).stdout
+            time.sleep(2)
+        ids = nodes(state_dir)
+        seen = set()
+        while len(seen) < 2 and time.time() < deadline:
+            seen.add(httpx.get(f"{url}/metadata", timeout=30).json()["replica"]["node_id"])
+        assert len(seen) == 2, f"only replicas on {seen} answered"
+        assert ids["head"] not in seen
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(random_images(1)[0]).save(buf, format="PNG")
+        for _ in range(4):
+            r = httpx.post(f"{url}/predict", files={"file": ("x.png", buf.getvalue())},
+                           timeout=60)
+            assert r.status_code == 200 and "probabilities" in r.json(), r.text
+    finally:
+        subprocess.run([SERVE, "shutdown", "--address", address, "--yes"], env=env,
+                       capture_output=True, text=True, timeout=300)
