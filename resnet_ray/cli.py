@@ -36,7 +36,9 @@ def _train_config(a) -> TrainConfig:
                        lr=a.lr, num_workers=a.num_workers, cpus_per_worker=a.cpus_per_worker,
                        use_gpu=a.use_gpu, storage=a.storage, name=a.name, export=a.export,
                        max_failures=a.max_failures, keep_checkpoints=a.keep_checkpoints,
-                       seed=a.seed)
+                       seed=a.seed, bn_momentum=a.bn_momentum,
+                       label_smoothing=a.label_smoothing, augment=a.augment,
+                       lr_schedule=a.lr_schedule, warmup_epochs=a.warmup_epochs)
 
 
 def _train(a):
@@ -131,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-failures", type=int, default=d.max_failures)
     tr.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
     tr.add_argument("--seed", type=int, default=d.seed)
+    recipe = tr.add_argument_group("training recipe")
+    recipe.add_argument("--augment", type=float, default=d.augment,
+                        help="augmentation strength: 0 none, 1 = 10%% shift/zoom, 10 degree "
+                             "rotation, 20%% brightness/contrast")
+    recipe.add_argument("--lr-schedule", default=d.lr_schedule, choices=["constant", "cosine"])
+    recipe.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs,
+                        help="linear warm-up from lr/10")
+    recipe.add_argument("--bn-momentum", type=float, default=d.bn_momentum)
+    recipe.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     tr.set_defaults(func=_train)
 
     tu = sub.add_parser("tune", help="Ray Tune search over training options")

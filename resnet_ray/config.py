@@ -14,6 +14,7 @@ from typing import Any
 from .errors import ConfigError
 
 DEFAULT_STORAGE = str(Path("runs").absolute())
+LR_SCHEDULES = ("constant", "cosine")
 MODEL_NAMES = ("resnet50", "tiny")  # resnet_ray.model.MODELS; kept here so that checking a
                                     # config does not import TensorFlow
 
@@ -38,6 +39,12 @@ class TrainConfig:
     # epochs behind the weights and validation near chance early on (issue 7).
     bn_momentum: float = 0.9
     label_smoothing: float = 0.0
+    # The training recipe beyond the seed's (issue 7): on-the-fly augmentation strength
+    # (0 = none; 1 = shifts and zoom of 10%, rotations of 10 degrees, brightness and contrast
+    # of 20%), and the learning-rate schedule with linear warm-up.
+    augment: float = 0.0
+    lr_schedule: str = "constant"
+    warmup_epochs: float = 0.0
     # Filled in from the data by the driver; workers and exports rely on them.
     input_shape: tuple[int, int, int] = (64, 64, 3)
     classes: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5])
@@ -62,6 +69,10 @@ class TrainConfig:
             ("bn_momentum", 0 < self.bn_momentum < 1, "between 0 and 1"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "between 0 and 1"),
             ("model", self.model in MODEL_NAMES, f"one of {list(MODEL_NAMES)}"),
+            ("augment", 0 <= self.augment <= 2, "a strength from 0 (none) to 2"),
+            ("lr_schedule", self.lr_schedule in LR_SCHEDULES, f"one of {list(LR_SCHEDULES)}"),
+            ("warmup_epochs", 0 <= self.warmup_epochs < self.epochs,
+             "at least 0 and fewer than the epochs"),
             ("name", bool(self.name) and "/" not in self.name, "a name without '/'"),
         ]
         for key, ok, expected in checks:
@@ -114,8 +125,8 @@ class TrainConfig:
 
 _INTS = {"epochs", "batch_size", "num_workers", "cpus_per_worker", "max_failures",
          "keep_checkpoints", "seed"}
-_FLOATS = {"lr", "bn_momentum", "label_smoothing"}
-_STRS = {"data", "model", "storage", "name"}
+_FLOATS = {"lr", "bn_momentum", "label_smoothing", "augment", "warmup_epochs"}
+_STRS = {"data", "model", "storage", "name", "lr_schedule"}
 
 
 def _expected_type(key: str, value: Any) -> str | None:

@@ -42,7 +42,8 @@ KILL_ENV = "RESNET_RAY_KILL_AT_STEP"
 # ---------------------------------------------------------------- worker side
 
 def make_dataset_fn(train: Signs, cfg: TrainConfig, first_epoch: int):
-    """Per-worker input: one shuffled order shared by all workers, each taking its own shard."""
+    """Per-worker input: one shuffled order shared by all workers, each taking its own shard,
+    augmented on the worker (cfg.augment) with seeds that depend on the shard and the step."""
     from .keras_backend import tf
 
     x, y = train.x, train.y.astype(np.int32)
@@ -57,9 +58,48 @@ def make_dataset_fn(train: Signs, cfg: TrainConfig, first_epoch: int):
         ds = ds.batch(per_replica, drop_remainder=True)
         ds = ds.map(lambda xb, yb: (tf.cast(xb, tf.float32) / 255.0, tf.one_hot(yb, classes)),
                     num_parallel_calls=tf.data.AUTOTUNE)
+        if cfg.augment > 0:
+            stream = seed * 1009 + input_context.input_pipeline_id
+            ds = ds.enumerate().map(
+                lambda i, batch: (augment_batch(batch[0], cfg.augment,
+                                                tf.stack([tf.cast(stream, tf.int64), i])),
+                                  batch[1]),
+                num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     return dataset_fn
+
+
+def augment_batch(images, strength: float, seed):
+    """Random shift, zoom, rotation, brightness and contrast of a batch of [0, 1] images.
+
+    Stateless ops with an explicit seed: the same run sees the same augmentation, and no
+    random-generator variables end up inside the distribution strategy."""
+    from .keras_backend import tf
+
+    shape = tf.shape(images)
+    n, h, w = shape[0], tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    u = tf.random.stateless_uniform([n, 6], seed=seed, minval=-1.0, maxval=1.0)
+    angle = u[:, 0] * strength * (10.0 * np.pi / 180.0)
+    zoom = 1.0 + u[:, 1] * strength * 0.1
+    tx, ty = u[:, 2] * strength * 0.1 * w, u[:, 3] * strength * 0.1 * h
+    cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
+    cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+    # Output pixel -> input pixel: rotate and zoom about the centre, then shift.
+    a0, a1, b0, b1 = cos, sin, -sin, cos
+    a2 = cx - a0 * cx - a1 * cy - tx
+    b2 = cy - b0 * cx - b1 * cy - ty
+    zeros = tf.zeros_like(a0)
+    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+    images = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=shape[1:3], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="NEAREST")
+    brightness = u[:, 4] * strength * 0.2
+    contrast = 1.0 + u[:, 5] * strength * 0.2
+    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+    images = (images - mean) * contrast[:, None, None, None] + mean
+    images = images + brightness[:, None, None, None]
+    return tf.clip_by_value(images, 0.0, 1.0)
 
 
 def weights_digest(weights: list[np.ndarray]) -> str:
@@ -150,15 +190,42 @@ def check_checkpoints(run_dir: str) -> None:
                                   f"resume from an earlier one") from None
 
 
-def build_compiled(cfg: TrainConfig):
+def build_compiled(cfg: TrainConfig, steps_per_epoch: int | None = None):
+    """Model and optimizer. steps_per_epoch sets a learning-rate schedule's length; without
+    it (export, evaluation) the rate is constant, which only matters for training."""
     from .keras_backend import keras
     from .model import build_model
 
     model = build_model(cfg.model, cfg.input_shape, len(cfg.classes), cfg.bn_momentum)
-    optimizer = keras.optimizers.Adam(learning_rate=cfg.lr)
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate(cfg, steps_per_epoch))
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     return model, optimizer
+
+
+def learning_rate(cfg: TrainConfig, steps_per_epoch: int | None):
+    """cfg.lr, or a schedule over the optimizer's step count (restored with its state, so a
+    resumed run continues the schedule where it stopped)."""
+    from .keras_backend import keras
+
+    if steps_per_epoch is None or (cfg.lr_schedule == "constant" and not cfg.warmup_epochs):
+        return cfg.lr
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = min(total - 1, int(round(cfg.warmup_epochs * steps_per_epoch)))
+    if cfg.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=cfg.lr / 10 if warmup else cfg.lr, decay_steps=total - warmup,
+            warmup_target=cfg.lr if warmup else None, warmup_steps=warmup)
+    # constant after a linear warm-up: a cosine that decays to alpha = 1, i.e. not at all
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=cfg.lr / 10, decay_steps=total - warmup, alpha=1.0,
+        warmup_target=cfg.lr, warmup_steps=warmup)
+
+
+def lr_at(cfg: TrainConfig, steps_per_epoch: int, step: int) -> float:
+    """The learning rate the schedule gives at an optimizer step (for reports)."""
+    schedule = learning_rate(cfg, steps_per_epoch)
+    return float(schedule(step)) if callable(schedule) else float(schedule)
 
 
 class RayCheckpoints:
@@ -259,8 +326,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     strategy = tf.distribute.get_strategy() if local else \
         tf.distribute.MultiWorkerMirroredStrategy()
+    steps = len(train) // cfg.batch_size
     with strategy.scope():
-        model, optimizer = build_compiled(cfg)
+        model, optimizer = build_compiled(cfg, steps)
     # A plain copy outside the strategy: validation and checkpoint writing then run on
     # this worker alone, with no collective ops that the other workers would have to join.
     local_model, _ = build_compiled(cfg)
@@ -279,7 +347,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     dataset = strategy.distribute_datasets_from_function(
         make_dataset_fn(train, cfg, state["epoch"]))
-    steps = len(train) // cfg.batch_size
     tb_dir = _tensorboard_dir(cfg) if rank == 0 else None
     writer = tf.summary.create_file_writer(tb_dir) if tb_dir else None
 
@@ -301,7 +368,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 "epoch": epoch + 1, "loss": float(logs["loss"]),
                 "accuracy": float(logs["accuracy"]), "val_loss": val["loss"],
                 "val_accuracy": val["accuracy"], "epoch_time_s": seconds,
-                "images_per_s": steps * cfg.batch_size / seconds, "rank": rank,
+                "images_per_s": steps * cfg.batch_size / seconds, "lr": lr_at(cfg, steps, (epoch + 1) * steps - 1),
+                "rank": rank,
                 "world_size": world, "node_id": node_id,
                 "weights_digest": weights_digest(weights),
             }
@@ -317,7 +385,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if writer is not None:
                 with writer.as_default(step=epoch + 1):
                     for key in ("loss", "accuracy", "val_loss", "val_accuracy",
-                                "epoch_time_s", "images_per_s"):
+                                "epoch_time_s", "images_per_s", "lr"):
                         tf.summary.scalar(key, metrics[key])
                 writer.flush()
             store.report(metrics, lambda d: save_checkpoint(d, local_model, optimizer, cfg,
