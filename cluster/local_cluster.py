@@ -84,7 +84,7 @@ def load_state(state_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def start(state_dir: Path, workers: int, cpus_per_worker: float, head_cpus: float,
+def start(state_dir: Path, workers: int, cpus_per_worker: int, head_cpus: int,
           port: int, dashboard_port: int, memory_per_worker: int | None = None,
           timeout: float = 180) -> dict:
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +111,9 @@ def start(state_dir: Path, workers: int, cpus_per_worker: float, head_cpus: floa
              f"--resources={json.dumps({f'local_worker{i}': 1})}", *extra,
              *_agent_ports(i)], state_dir / f"worker{i}.log")})
         (state_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
-    _wait(state, workers + 1, timeout, state_dir)
+        # One at a time: nodes starting together can pick the same free port for their
+        # raylets (each probes for one, then binds it) and one of them dies.
+        _wait(state, i + 1, timeout, state_dir)
     return state
 
 
@@ -191,8 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("start", help="start a head and N worker nodes on 127.0.0.1")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--cpus-per-worker", type=float, default=1)
-    p.add_argument("--head-cpus", type=float, default=0,
+    p.add_argument("--cpus-per-worker", type=int, default=1)
+    p.add_argument("--head-cpus", type=int, default=0,
                    help="0 keeps training and serving work off the head")
     p.add_argument("--memory-per-worker", type=int, help="bytes")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)

@@ -255,8 +255,14 @@ class DigitService:
                 "probabilities": p.probabilities, "classes": self.classes}
 
 
-def build_app(args: dict[str, Any], num_replicas: int | None = None):
-    """Serve application builder (`import_path: resnet_ray.serve:build_app` with `args`)."""
+def build_app(args: dict[str, Any]):
+    """Serve application builder (`import_path: resnet_ray.serve:build_app` with `args`).
+    Serve calls a builder with the args dict alone: one parameter, nothing else."""
+    return application(args)
+
+
+def application(args: dict[str, Any], num_replicas: int | None = None):
+    """The app for args (see build_app), optionally with a replica count."""
     from .export import check_model_file, read_metadata
 
     args = dict(args or {})
@@ -283,7 +289,7 @@ def serve_foreground(model_dir: str, host: str = "127.0.0.1", port: int = 8000,
 
     if replicas < 1:
         raise UserError(f"--replicas: expected at least 1, got {replicas}")
-    app = build_app({"model_dir": model_dir}, num_replicas=replicas)
+    app = application({"model_dir": model_dir}, num_replicas=replicas)
     init_ray()
     serve.start(http_options={"host": host, "port": port})
     serve.run(app, name="digits", route_prefix="/")

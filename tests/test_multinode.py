@@ -73,8 +73,8 @@ def job_status(address, env, job_id):
     out = subprocess.run([RAY, "job", "status", "--address", address, job_id], env=env,
                          capture_output=True, text=True)
     plain = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)
-    found = re.findall(r"\b(PENDING|RUNNING|SUCCEEDED|FAILED|STOPPED)\b", plain)
-    return found[-1] if found else plain
+    found = re.findall(r"\b(PENDING|RUNNING|SUCCEEDED|FAILED|STOPPED)\b", plain, re.I)
+    return found[-1].upper() if found else plain
 
 
 def job_logs(address, env, job_id):
@@ -118,7 +118,8 @@ def test_job_trains_two_workers_on_two_nodes_and_exports(cluster, synth_dir, tmp
 
 def test_lost_node_is_survived_from_the_last_checkpoint(cluster, synth_dir, tmp_path):
     state_dir, address, env = cluster
-    run_dir, epochs = tmp_path / "runs" / "lost", 6
+    run_dir, epochs = tmp_path / "runs" / "lost", 10
+    name_of = {i: n for n, i in nodes(state_dir).items()}
     job_id, proc = submit(address, env, [
         "--data", synth_dir, "--model", "tiny", "--epochs", epochs, "--num-workers", 2,
         "--max-failures", 2, "--storage", tmp_path / "runs", "--name", "lost",
@@ -130,8 +131,7 @@ def test_lost_node_is_survived_from_the_last_checkpoint(cluster, synth_dir, tmp_
             "PENDING", "RUNNING"), job_logs(address, env, job_id)[-3000:]
         time.sleep(0.5)
     victim_id = next(r["node_id"] for r in reports(run_dir) if r["rank"] == 1)
-    name = next(n for n, i in nodes(state_dir).items() if i == victim_id)
-    script(state_dir, "remove-node", name.removeprefix("worker"))
+    script(state_dir, "remove-node", name_of[victim_id].removeprefix("worker"))
     killed_after = max(r["epoch"] for r in reports(run_dir))
     assert killed_after < epochs, "the run finished before the node was removed"
 
@@ -170,9 +170,9 @@ def test_serve_replicas_on_two_nodes_answer(cluster, tiny_model_dir, tmp_path):
                     break
             except httpx.HTTPError:
                 pass
-            assert time.time() < deadline, subprocess.run(
-                [SERVE, "status", "--address", address], env=env, capture_output=True,
-                text=True).stdout
+            status = subprocess.run([SERVE, "status", "--address", address], env=env,
+                                    capture_output=True, text=True).stdout
+            assert time.time() < deadline and "DEPLOY_FAILED" not in status, status
             time.sleep(2)
         ids = nodes(state_dir)
         seen = set()

@@ -26,7 +26,11 @@ def test_serve_config_is_a_valid_serve_deploy_config(tiny_model_dir):
     user_config = deployment.user_config
     assert deployment.max_ongoing_requests >= user_config["max_batch_size"]  # ray#43288
     assert deployment.ray_actor_options.runtime_env["env_vars"]["TF_USE_LEGACY_KERAS"] == "1"
-    bound = builder({**app.args, "model_dir": str(tiny_model_dir)})
+    # Called the way Serve calls it (a builder takes exactly one parameter, the args).
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    bound = call_user_app_builder_with_args_if_necessary(
+        builder, {**app.args, "model_dir": str(tiny_model_dir)})
     assert type(bound).__name__ == "Application"
 
 

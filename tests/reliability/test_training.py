@@ -38,7 +38,9 @@ def _assert_checkpoints_readable(run_dir, cfg):
         model, optimizer = build_compiled(cfg)
         state = restore_checkpoint(ckpt, model, optimizer)  # raises if half-written
         assert state["epoch"] == int(ckpt.name.rsplit("_", 1)[1])
-    leftovers = [p.name for p in Path(run_dir).iterdir() if p.name.startswith(".")]
+    # Half-written checkpoints would be left as temporary directories beside the real ones.
+    leftovers = [p.name for p in Path(run_dir).iterdir()
+                 if p.is_dir() and (p.name.startswith(".") or "tmp" in p.name)]
     assert not leftovers, leftovers
 
 
