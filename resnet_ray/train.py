@@ -109,24 +109,30 @@ def weights_digest(weights: list[np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
-def _maybe_inject_fault(epoch: int, rank: int) -> None:
-    spec = os.environ.get(FAULT_ENV)
+def _fault_marker(var: str, at: int, rank: int) -> Path | None:
+    """The marker file if the test-only fault spec "AT:RANK:MARKER" in `var` is due now
+    (once: an existing marker means it already happened)."""
+    spec = os.environ.get(var)
     if not spec:
-        return
-    at_epoch, at_rank, marker = spec.split(":", 2)
-    if int(at_epoch) == epoch and int(at_rank) == rank and not os.path.exists(marker):
-        Path(marker).write_text(f"rank {rank} exited at epoch {epoch}\n")
+        return None
+    at_value, at_rank, marker = spec.split(":", 2)
+    if int(at_value) == at and int(at_rank) == rank and not os.path.exists(marker):
+        return Path(marker)
+    return None
+
+
+def _maybe_inject_fault(epoch: int, rank: int) -> None:
+    marker = _fault_marker(FAULT_ENV, epoch, rank)
+    if marker:
+        marker.write_text(f"rank {rank} exited at epoch {epoch}\n")
         print(f"[fault injection] rank {rank} exits at the start of epoch {epoch}", flush=True)
         os._exit(1)
 
 
 def _maybe_kill(step: int, rank: int) -> None:
-    spec = os.environ.get(KILL_ENV)
-    if not spec:
-        return
-    at_step, at_rank, marker = spec.split(":", 2)
-    if int(at_step) == step and int(at_rank) == rank and not os.path.exists(marker):
-        Path(marker).write_text(f"rank {rank} killed after step {step}\n")
+    marker = _fault_marker(KILL_ENV, step, rank)
+    if marker:
+        marker.write_text(f"rank {rank} killed after step {step}\n")
         print(f"[fault injection] SIGKILL rank {rank} after step {step}", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
 
