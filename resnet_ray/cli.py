@@ -196,7 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted; checkpoints written so far are kept", file=sys.stderr)
+        how = {"train": "run the same command again to resume",
+               "tune": "run the same command with --resume to continue the search",
+               }.get(args.command)
+        print(f"interrupted; checkpoints written so far are kept: {how}" if how
+              else "interrupted", file=sys.stderr)
         return 130
     return 0
 

@@ -291,11 +291,13 @@ def serve_foreground(model_dir: str, host: str = "127.0.0.1", port: int = 8000,
         raise UserError(f"--replicas: expected at least 1, got {replicas}")
     app = application({"model_dir": model_dir}, num_replicas=replicas)
     init_ray()
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(app, name="digits", route_prefix="/")
-    print(f"serving {model_dir} at http://{host}:{port}/  (API docs: /docs; Ctrl-C stops)",
-          flush=True)
+    # Ctrl-C is the documented way to stop, and it can come while serve.run is still waiting
+    # for the replicas (the HTTP proxy already answers by then): both are a clean stop.
     try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(app, name="digits", route_prefix="/")
+        print(f"serving {model_dir} at http://{host}:{port}/  (API docs: /docs; Ctrl-C stops)",
+              flush=True)
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
