@@ -1,16 +1,18 @@
 """Serve throughput and latency of the full ResNet-50 over HTTP on loopback, with
 `@serve.batch` on (max_batch_size 32) and off (max_batch_size 1), at concurrency 1 and 32.
 
-python -m bench.serve_load [--requests 200] [--out bench/results/serve-DATE.json]
+python -m bench.serve_load [--quick] [--requests 200] [--out bench/results/serve-DATE.json]
 
 Bounded request loops against 127.0.0.1 only. The model's weights are untrained: speed does
-not depend on them.
+not depend on them. --quick serves the tiny model with a few requests: it keeps the harness
+working (tests/test_bench.py) and measures nothing.
 """
 
 import argparse
 import asyncio
 import io
 import json
+import shutil
 import socket
 import tempfile
 import time
@@ -51,22 +53,27 @@ async def _load(url: str, payload: bytes, requests: int, concurrency: int) -> di
             "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99))}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--out", default=f"bench/results/serve-{date.today()}.json")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--requests", type=int)
+    parser.add_argument("--out")
+    args = parser.parse_args(argv)
+    requests = args.requests or (16 if args.quick else 200)
+    out = Path(args.out or f"bench/results/serve-{date.today()}"
+                           f"{'-quick' if args.quick else ''}.json")
 
     from ray import serve
 
     from resnet_ray.export import save_model_dir
-    from resnet_ray.model import ResNet50
+    from resnet_ray.model import build_model
     from resnet_ray.serve import DigitService
     from resnet_ray.train import init_ray
 
-    model_dir = Path(tempfile.mkdtemp()) / "resnet50"
-    save_model_dir(ResNet50(), model_dir, {"classes": [0, 1, 2, 3, 4, 5], "config": {},
-                                           "metrics": {}})
+    model_name = "tiny" if args.quick else "resnet50"
+    model_dir = Path(tempfile.mkdtemp()) / model_name
+    save_model_dir(build_model(model_name), model_dir,
+                   {"classes": [0, 1, 2, 3, 4, 5], "config": {}, "metrics": {}})
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)).save(
         buf, format="PNG")
@@ -85,16 +92,17 @@ def main() -> None:
             asyncio.run(_load(url, payload, 20, 4))  # warm-up
             for concurrency in (1, 32):
                 row = {"batching": batching, "max_batch_size": size,
-                       **asyncio.run(_load(url, payload, args.requests, concurrency))}
+                       **asyncio.run(_load(url, payload, requests, concurrency))}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
             serve.delete("bench")
     finally:
         serve.shutdown()
-    out = Path(args.out)
+        shutil.rmtree(model_dir.parent, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": str(date.today()), "model": "ResNet50 64x64x3",
-                               "rows": rows}, indent=2) + "\n")
+    out.write_text(json.dumps({"part": "serve", "date": str(date.today()), "quick": args.quick,
+                               "model": f"{model_name} 64x64x3", "rows": rows},
+                              indent=2) + "\n")
     print(f"wrote {out}")
 
 

@@ -38,7 +38,8 @@ def _train_config(a) -> TrainConfig:
                        max_failures=a.max_failures, keep_checkpoints=a.keep_checkpoints,
                        seed=a.seed, bn_momentum=a.bn_momentum,
                        label_smoothing=a.label_smoothing, augment=a.augment,
-                       lr_schedule=a.lr_schedule, warmup_epochs=a.warmup_epochs)
+                       lr_schedule=a.lr_schedule, warmup_epochs=a.warmup_epochs,
+                       val_fraction=a.val_fraction)
 
 
 def _train(a):
@@ -132,7 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--export", help="write the best checkpoint as a model directory here")
     tr.add_argument("--max-failures", type=int, default=d.max_failures)
     tr.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
-    tr.add_argument("--seed", type=int, default=d.seed)
+    tr.add_argument("--seed", type=int, default=d.seed, help="weights, data order and the "
+                    "validation split")
+    tr.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                    help="share of each class of train_signs.h5 kept out to pick the best "
+                         "checkpoint; test_signs.h5 is only scored at export. 0 validates on "
+                         "test_signs.h5 (the seed recipe's way)")
     recipe = tr.add_argument_group("training recipe")
     recipe.add_argument("--augment", type=float, default=d.augment,
                         help="augmentation strength: 0 none, 1 = 10%% shift/zoom, 10 degree "

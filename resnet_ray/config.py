@@ -35,6 +35,10 @@ class TrainConfig:
     max_failures: int = 2
     keep_checkpoints: int = 2     # best K by validation accuracy, plus the latest
     seed: int = 0
+    # Share of each class of the training file kept out to validate on (checkpoint choice,
+    # Tune's early stopping), so the test file stays unseen until the final numbers. 0 means
+    # validate on the test file as the seed's recipe did; its score then picked the model.
+    val_fraction: float = 0.1
     # 0.9, not Keras' 0.99: with ~30 steps an epoch, 0.99 leaves the moving statistics
     # epochs behind the weights and validation near chance early on (issue 7).
     bn_momentum: float = 0.9
@@ -68,6 +72,8 @@ class TrainConfig:
             ("keep_checkpoints", self.keep_checkpoints >= 1, "at least 1"),
             ("bn_momentum", 0 < self.bn_momentum < 1, "between 0 and 1"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "between 0 and 1"),
+            ("val_fraction", 0 <= self.val_fraction < 1,
+             "0 (validate on the test file) or a fraction below 1"),
             ("model", self.model in MODEL_NAMES, f"one of {list(MODEL_NAMES)}"),
             ("augment", 0 <= self.augment <= 2, "a strength from 0 (none) to 2"),
             ("lr_schedule", self.lr_schedule in LR_SCHEDULES, f"one of {list(LR_SCHEDULES)}"),
@@ -125,7 +131,7 @@ class TrainConfig:
 
 _INTS = {"epochs", "batch_size", "num_workers", "cpus_per_worker", "max_failures",
          "keep_checkpoints", "seed"}
-_FLOATS = {"lr", "bn_momentum", "label_smoothing", "augment", "warmup_epochs"}
+_FLOATS = {"lr", "bn_momentum", "label_smoothing", "augment", "warmup_epochs", "val_fraction"}
 _STRS = {"data", "model", "storage", "name", "lr_schedule"}
 
 

@@ -140,6 +140,22 @@ def load_data_dir(data_dir: str | os.PathLike) -> tuple[Signs, Signs]:
     return train, test
 
 
+def split_validation(train: Signs, fraction: float, seed: int) -> tuple[Signs, Signs]:
+    """(train, validation): about `fraction` of each class of the training file, kept out of
+    training to pick checkpoints and stop trials, so that the test file decides nothing and
+    its score stays a measurement. Whole near-duplicate groups go to one side; the same data
+    and seed give the same split, so a resumed run validates on the same images."""
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"val_fraction: expected a number between 0 and 1, got {fraction}")
+    val_idx = grouped_stratified_split(train.x, train.y, fraction, seed, part="validation",
+                                       option="--val-fraction")
+    mask = np.zeros(len(train), dtype=bool)
+    mask[val_idx] = True
+    source = f"{train.source} ({fraction:g} of each class, seed {seed})"
+    return (Signs(train.x[~mask], train.y[~mask], train.classes, train.source),
+            Signs(train.x[mask], train.y[mask], train.classes, source))
+
+
 def write_signs_dir(out_dir: str | os.PathLike, train: Signs, test: Signs) -> tuple[Path, Path]:
     """Write both files so that either both appear complete or neither changes."""
     out_dir = Path(out_dir)
@@ -270,8 +286,9 @@ def duplicate_groups(images: np.ndarray, labels: np.ndarray, max_distance: int =
 
 
 def grouped_stratified_split(images: np.ndarray, labels: np.ndarray, test_fraction: float,
-                             seed: int) -> np.ndarray:
-    """Indices of the test part: about test_fraction of each class, whole groups only."""
+                             seed: int, part: str = "testing",
+                             option: str = "--test-fraction") -> np.ndarray:
+    """Indices of the held-out part: about test_fraction of each class, whole groups only."""
     rng = np.random.default_rng(seed)
     groups = duplicate_groups(images, labels)
     test: list[int] = []
@@ -280,7 +297,7 @@ def grouped_stratified_split(images: np.ndarray, labels: np.ndarray, test_fracti
         want = max(1, int(round(len(idx) * test_fraction)))
         if want >= len(idx):
             raise DataError(f"class {label}: {len(idx)} images are too few to keep {want} "
-                            "for testing; add images or lower --test-fraction")
+                            f"for {part}; add images or lower {option}")
         members: dict[int, list[int]] = {}
         for i in idx:
             members.setdefault(int(groups[i]), []).append(int(i))

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import WORKER_ENV_VARS
 from .config import TrainConfig
-from .data import Signs, load_data_dir
+from .data import Signs, load_data_dir, split_validation
 from .errors import CheckpointError, ConfigError, RunFailed
 
 WEIGHTS_FILE = "model.weights.h5"
@@ -322,7 +322,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     check_keras_flavour()
     cfg = TrainConfig.from_dict(loop_config["config"])
     data = loop_config["data"]
-    train, test = ray.get(data) if isinstance(data, ray.ObjectRef) else data
+    train, val = ray.get(data) if isinstance(data, ray.ObjectRef) else data
     local = cfg.num_workers == 0
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -369,11 +369,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             seconds = time.perf_counter() - self.start
             weights = model.get_weights()  # synchronised values, identical on every worker
             local_model.set_weights(weights)
-            val = metrics_from_probs(predict_probs(local_model, test.x), test.y, test.classes)
+            scores = metrics_from_probs(predict_probs(local_model, val.x), val.y, val.classes)
             metrics = {
                 "epoch": epoch + 1, "loss": float(logs["loss"]),
-                "accuracy": float(logs["accuracy"]), "val_loss": val["loss"],
-                "val_accuracy": val["accuracy"], "epoch_time_s": seconds,
+                "accuracy": float(logs["accuracy"]), "val_loss": scores["loss"],
+                "val_accuracy": scores["accuracy"], "epoch_time_s": seconds,
                 "images_per_s": steps * cfg.batch_size / seconds, "lr": lr_at(cfg, steps, (epoch + 1) * steps - 1),
                 "rank": rank,
                 "world_size": world, "node_id": node_id,
@@ -469,19 +469,24 @@ def init_ray(address: str | None = None) -> None:
                  logging_level="ERROR", _node_ip_address="127.0.0.1")
 
 
-def prepare_config(cfg: TrainConfig) -> tuple[TrainConfig, Signs, Signs]:
-    """Load and check the data and the config on the driver, before any worker starts."""
+def prepare_config(cfg: TrainConfig) -> tuple[TrainConfig, Signs, Signs, Signs]:
+    """Load and check the data and the config on the driver, before any worker starts.
+    Returns (config, train, validation, test); workers get only train and validation."""
     train, test = load_data_dir(cfg.data)
     cfg.input_shape, cfg.classes = train.input_shape, list(train.classes)
     cfg.validate()
+    if cfg.val_fraction:
+        train, val = split_validation(train, cfg.val_fraction, cfg.seed)
+    else:
+        val = test
     if len(train) < cfg.batch_size:
         raise ConfigError(f"batch_size: {cfg.batch_size} is larger than the {len(train)} "
                           f"training images in {train.source}")
-    return cfg, train, test
+    return cfg, train, val, test
 
 
 def build_trainer(cfg: TrainConfig, data, callbacks=()):
-    """The project's TensorflowTrainer for a checked config; data = (train, test) Signs."""
+    """The project's TensorflowTrainer for a checked config; data = (train, validation)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
@@ -520,7 +525,7 @@ def run_training(cfg: TrainConfig, quiet: bool = False):
     import ray
     import ray.train
 
-    cfg, train, test = prepare_config(cfg)
+    cfg, train, val, test = prepare_config(cfg)
     local = cfg.num_workers == 0
     if local and "://" in cfg.storage:
         raise ConfigError(f"storage: a single-process run (num_workers 0) keeps checkpoints "
@@ -529,7 +534,7 @@ def run_training(cfg: TrainConfig, quiet: bool = False):
         check_checkpoints(cfg.run_dir)
     if not local:
         init_ray()
-    trainer = build_trainer(cfg, (train, test))
+    trainer = build_trainer(cfg, (train, val))
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
@@ -544,15 +549,50 @@ def run_training(cfg: TrainConfig, quiet: bool = False):
             best = result.get_best_checkpoint("val_accuracy", "max") or result.checkpoint
         if best is None:
             raise ConfigError(f"{cfg.run_dir}: the run left no checkpoint to export")
-        export_checkpoint(best, cfg.export, extra={"run_dir": cfg.run_dir})
+        meta = export_checkpoint(best, cfg.export, extra={"run_dir": cfg.run_dir},
+                                 data=(train, val, test))
         if not quiet:
             print(f"exported best checkpoint ({best.path}) to {cfg.export}", flush=True)
+            print(test_score_line(meta), flush=True)
     return result
 
 
-def export_checkpoint(checkpoint, out_dir: str, extra: dict[str, Any] | None = None):
-    """A training checkpoint -> an exported model directory (model.keras + metadata.json)."""
-    from .export import save_model_dir
+def test_score_line(meta: dict[str, Any]) -> str:
+    t = meta["test"]
+    return (f"held-out test ({t['source']}, {t['images']} images, used for nothing else): "
+            f"accuracy {t['accuracy']:.4f}  loss {t['loss']:.4f}")
+
+
+def data_record(train: Signs, val: Signs, test: Signs) -> dict[str, Any]:
+    """What a run trained, validated and was tested on: enough to check a repeat used the
+    same data (file digests) and the same split (sizes per class)."""
+    def part(s: Signs, file: str | None) -> dict[str, Any]:
+        rec = {"source": s.source, "images": len(s),
+               "per_class": np.bincount(s.y, minlength=len(s.classes)).tolist()}
+        if file:
+            rec["sha256"] = _sha256(file)
+        return rec
+
+    return {"train": part(train, train.source), "validation": part(val, None),
+            "test": part(test, test.source)}
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def export_checkpoint(checkpoint, out_dir: str, extra: dict[str, Any] | None = None,
+                      data: tuple[Signs, Signs, Signs] | None = None) -> dict[str, Any]:
+    """A training checkpoint -> an exported model directory (model.keras + metadata.json).
+    With data = (train, validation, test), the test score is measured here, once, on the
+    model as exported, and recorded with what the run trained and validated on."""
+    from .evaluate import metrics_from_probs
+    from .export import read_metadata, save_model_dir
+    from .predict import predict_probs
 
     with checkpoint.as_directory() as d:
         d = Path(d)
@@ -562,10 +602,17 @@ def export_checkpoint(checkpoint, out_dir: str, extra: dict[str, Any] | None = N
         model.load_weights(d / WEIGHTS_FILE)
     metrics = {k: v for k, v in state.get("metrics", {}).items()
                if k in ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")}
-    return save_model_dir(model, out_dir, {
-        "classes": cfg.classes, "config": cfg.to_dict(), "metrics": metrics,
-        "history": state.get("history", []), "checkpoint": str(checkpoint.path),
-        **(extra or {})})
+    meta = {"classes": cfg.classes, "config": cfg.to_dict(), "metrics": metrics,
+            "history": state.get("history", []), "checkpoint": str(checkpoint.path),
+            **(extra or {})}
+    if data is not None:
+        train, val, test = data
+        scores = metrics_from_probs(predict_probs(model, test.x), test.y, test.classes)
+        meta["test"] = {"source": test.source, "images": len(test),
+                        "accuracy": scores["accuracy"], "loss": scores["loss"]}
+        meta["data"] = data_record(train, val, test)
+    save_model_dir(model, out_dir, meta)
+    return read_metadata(out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -224,7 +224,7 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str = DEFAULT_STORAGE,
         raise ConfigError(f"--storage: searches keep their results table, plots and the "
                           f"trials' checkpoints on a local or shared path, got {storage!r}")
     base = TrainConfig.from_dict({**spec.train, "data": data_dir, "storage": "", "name": name})
-    base, train, test = prepare_config(base)
+    base, train, val, test = prepare_config(base)
     experiment = Path(storage).absolute() / name
     base.storage = str(experiment / "trials")
     init_ray()
@@ -239,7 +239,7 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str = DEFAULT_STORAGE,
     # for no CPU (Tune refuses an empty request, hence a token of memory), and
     # max_concurrent_trials keeps trials from waiting on each other's workers.
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trial, data=(train, test), base=base.to_dict()),
+        tune.with_parameters(tune_trial, data=(train, val), base=base.to_dict()),
         {"cpu": 0, "memory": 2 ** 26})
     if resume:
         if not tune.Tuner.can_restore(str(experiment)):
@@ -261,15 +261,16 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str = DEFAULT_STORAGE,
                                       failure_config=tune.FailureConfig(max_failures=1)),
         )
     results = tuner.fit()
-    return summarize(results, spec, base, experiment, export)
+    return summarize(results, spec, base, experiment, export, data=(train, val, test))
 
 
 def summarize(results, spec: TuneSpec, base: TrainConfig, experiment: Path,
-              export: str | None) -> dict[str, Any]:
-    """Trials table (printed and CSV), plots, and the best checkpoint exported."""
+              export: str | None, data=None) -> dict[str, Any]:
+    """Trials table (printed and CSV), plots, and the best checkpoint exported (scored on
+    the held-out test file when data = (train, validation, test) is given)."""
     import pandas as pd
 
-    from .train import best_checkpoint_dir, export_checkpoint
+    from .train import test_score_line, best_checkpoint_dir, export_checkpoint
 
     rows, curves = [], {}
     searched = list(spec.search_space)
@@ -310,12 +311,16 @@ def summarize(results, spec: TuneSpec, base: TrainConfig, experiment: Path,
         if export and ckpt is not None:
             import ray.train
 
-            export_checkpoint(ray.train.Checkpoint.from_directory(str(ckpt)), export, extra={
-                "tune": {"experiment": str(experiment), "trial": top["trial"],
-                         "search_space": spec.search_space, "source": spec.source,
-                         "params": {k: summary["best"][k] for k in searched}}})
+            meta = export_checkpoint(
+                ray.train.Checkpoint.from_directory(str(ckpt)), export, data=data, extra={
+                    "tune": {"experiment": str(experiment), "trial": top["trial"],
+                             "search_space": spec.search_space, "source": spec.source,
+                             "params": {k: summary["best"][k] for k in searched}}})
             summary["exported"] = export
             print(f"exported trial {top['trial']} ({ckpt.name}) to {export}", flush=True)
+            if "test" in meta:
+                summary["test"] = meta["test"]
+                print(test_score_line(meta), flush=True)
     (experiment / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_ray.data import (grouped_stratified_split, load_data_dir, load_signs,
+from resnet_ray.data import (grouped_stratified_split, load_data_dir, load_signs, split_validation,
                              write_signs_dir, Signs)
 from resnet_ray.errors import DataError
 from resnet_ray.images import decode_image
@@ -216,3 +216,63 @@ def test_import_the_shared_sign_language_digits(tmp_path):
     assert len(train) + len(test) == 1050
     assert 0.08 < len(test) / 1050 < 0.12
     assert set(np.bincount(test.y)) <= set(range(15, 21))
+
+
+def _noisy_pairs(n, classes, seed):
+    """n distinct images per class, each twice (the copy with a little noise): the same
+    hand photographed twice."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (n * classes, 64, 64, 3)).astype(np.uint8)
+    noisy = np.clip(base.astype(int) + rng.integers(-3, 4, base.shape), 0, 255).astype(np.uint8)
+    y = np.repeat(np.arange(classes), n)
+    return Signs(np.concatenate([base, noisy]), np.concatenate([y, y]), list(range(classes)),
+                 "train_signs.h5")
+
+
+def test_validation_split_is_stratified_grouped_and_repeatable():
+    data = _noisy_pairs(20, 3, seed=4)
+    train, val = split_validation(data, 0.1, seed=7)
+    assert len(train) + len(val) == len(data)
+    assert np.bincount(val.y).tolist() == [4, 4, 4]  # 10% of each class's 40, whole pairs
+    rows = {img.tobytes(): i for i, img in enumerate(data.x)}
+    val_rows = {rows[img.tobytes()] for img in val.x}
+    train_rows = {rows[img.tobytes()] for img in train.x}
+    assert not val_rows & train_rows
+    n = len(data) // 2
+    for i in range(n):  # an image and its near-duplicate are on the same side
+        assert (i in val_rows) == (i + n in val_rows)
+    again_train, again_val = split_validation(data, 0.1, seed=7)
+    np.testing.assert_array_equal(again_val.x, val.x)
+    assert not np.array_equal(split_validation(data, 0.1, seed=8)[1].x, val.x)
+
+
+def test_training_validates_on_a_split_of_the_training_file_never_on_the_test_file(synth_dir):
+    from resnet_ray.config import TrainConfig
+    from resnet_ray.train import prepare_config
+
+    train_file, test_file = load_data_dir(synth_dir)
+    cfg, train, val, test = prepare_config(TrainConfig(data=str(synth_dir), model="tiny",
+                                                       batch_size=8, num_workers=0))
+    file_rows = {img.tobytes() for img in train_file.x}
+    test_rows = {img.tobytes() for img in test_file.x}
+    assert len(val) and all(img.tobytes() in file_rows for img in val.x)
+    assert not {img.tobytes() for img in val.x} & test_rows
+    assert not {img.tobytes() for img in train.x} & {img.tobytes() for img in val.x}
+    np.testing.assert_array_equal(test.x, test_file.x)
+    # val_fraction 0 is the seed recipe's way: validate on the test file, train on all of it
+    cfg0, train0, val0, _ = prepare_config(TrainConfig(data=str(synth_dir), model="tiny",
+                                                       batch_size=8, num_workers=0,
+                                                       val_fraction=0.0))
+    assert len(train0) == len(train_file)
+    np.testing.assert_array_equal(val0.x, test_file.x)
+
+
+def test_too_small_a_class_for_a_validation_split_is_named(tmp_path):
+    write_signs_dir(tmp_path, Signs(random_images(3), np.array([0, 1, 1]), [0, 1]),
+                    Signs(random_images(2), np.array([0, 1]), [0, 1]))
+    proc = run_cli("train", "--data", tmp_path, "--model", "tiny", "--num-workers", "0",
+                   "--batch-size", "1", "--storage", tmp_path / "runs")
+    assert_user_error(proc, "class 0", "validation", "--val-fraction")
+    proc = run_cli("train", "--data", tmp_path, "--model", "tiny", "--val-fraction", "1.5",
+                   "--storage", tmp_path / "runs")
+    assert_user_error(proc, "val_fraction", "below 1")

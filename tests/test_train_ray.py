@@ -57,6 +57,22 @@ def test_two_workers_train_and_export(two_worker_run):
     assert list((Path(cfg.run_dir) / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_export_scores_the_held_out_test_file_and_records_the_split(two_worker_run):
+    from resnet_ray.data import load_data_dir
+    from resnet_ray.evaluate import evaluate
+
+    cfg, _ = two_worker_run
+    _, meta = load_model_dir(cfg.export)
+    train, test = load_data_dir(cfg.data)
+    split = meta["data"]
+    assert split["train"]["images"] + split["validation"]["images"] == len(train)
+    assert split["test"]["images"] == meta["test"]["images"] == len(test)
+    assert split["train"]["sha256"] and split["test"]["sha256"] != split["train"]["sha256"]
+    # the number recorded at export is what `resnet-ray evaluate` measures on that file
+    assert meta["test"]["accuracy"] == pytest.approx(
+        evaluate(cfg.export, test.source)["accuracy"])
+
+
 def test_every_epoch_reports_metrics_and_replicas_stay_identical(two_worker_run):
     cfg, _ = two_worker_run
     reports = _reports(cfg.run_dir)

@@ -1,0 +1,190 @@
+"""Training overhead of Ray Train against plain Keras `fit` (issue 8, part 1).
+
+python -m bench.train_overhead [--quick] [--images 256] [--epochs 3] [--rounds 2] [--out PATH]
+
+Three setups train the same model on the same data with the same global batch and epochs:
+plain Keras `fit` in one process (no Ray), Ray Train with 1 worker using every CPU, and Ray
+Train with one worker per CPU. Each run is a fresh process (a fresh Ray instance, a fresh
+TensorFlow), and the setups alternate round by round so that a noisy machine slows all of them
+alike. Steady state is the median epoch time from epoch 2 on, as fit measures it (validation
+and checkpoint writing, done between epochs, are not in it); the fixed cost is everything else
+in the process's wall time: imports, Ray and worker start, the first epoch's graph tracing
+beyond a steady epoch, validation, checkpoints, shutdown.
+
+--quick trains the tiny model on a few images for 2 epochs: seconds, to keep the harness
+working (tests/test_bench.py), not to measure anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def _setups(cpus: int) -> list[dict]:
+    return [{"setup": "keras", "num_workers": 0, "cpus_per_worker": cpus},
+            {"setup": f"ray 1x{cpus}", "num_workers": 1, "cpus_per_worker": cpus},
+            {"setup": f"ray {cpus}x1", "num_workers": cpus, "cpus_per_worker": 1}]
+
+
+def child_keras(cfg_dict: dict) -> dict:
+    """Plain Keras: the project's model, optimizer and input pipeline, no Ray at all."""
+    from resnet_ray.config import TrainConfig
+    from resnet_ray.data import load_data_dir
+    from resnet_ray.keras_backend import keras, tf
+    from resnet_ray.train import build_compiled, make_dataset_fn
+
+    cfg = TrainConfig.from_dict(cfg_dict)
+    train, _ = load_data_dir(cfg.data)
+    keras.utils.set_random_seed(cfg.seed)
+    steps = len(train) // cfg.batch_size
+    strategy = tf.distribute.get_strategy()
+    model, _ = build_compiled(cfg, steps)
+    dataset = strategy.distribute_datasets_from_function(make_dataset_fn(train, cfg, 0))
+    times: list[float] = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    model.fit(dataset, epochs=cfg.epochs, steps_per_epoch=steps, callbacks=[Timer()], verbose=0)
+    return {"epoch_times_s": times, "images_per_epoch": steps * cfg.batch_size}
+
+
+def child_ray(cfg_dict: dict) -> dict:
+    """Ray Train: the project's own run, timed from the reports its workers send."""
+    from resnet_ray.config import TrainConfig
+    from resnet_ray.train import REPORTS_FILE, run_training
+
+    cfg = TrainConfig.from_dict(cfg_dict)
+    run_training(cfg, quiet=True)
+    reports = [json.loads(line) for line in
+               (Path(cfg.run_dir) / REPORTS_FILE).read_text().splitlines()]
+    rank0 = sorted((r for r in reports if r["rank"] == 0), key=lambda r: r["epoch"])
+    return {"epoch_times_s": [r["epoch_time_s"] for r in rank0],
+            "images_per_epoch": round(rank0[0]["images_per_s"] * rank0[0]["epoch_time_s"])}
+
+
+def run_setup(setup: dict, base: dict, work: Path) -> dict:
+    """One setup in a fresh process; its wall time includes every start-up cost."""
+    cfg = {**base, "num_workers": setup["num_workers"],
+           "cpus_per_worker": setup["cpus_per_worker"],
+           "storage": str(work / "runs"), "name": f"{setup['setup'].replace(' ', '-')}-"
+                                                 f"{time.time_ns()}"}
+    begin = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "bench.train_overhead", "--child",
+                           json.dumps(cfg)], cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - begin
+    if proc.returncode != 0:
+        raise RuntimeError(f"{setup['setup']} failed (exit {proc.returncode}):\n"
+                           f"{proc.stderr[-3000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    times = out["epoch_times_s"]
+    steady = statistics.median(times[1:]) if len(times) > 1 else times[0]
+    return {"setup": setup["setup"], "wall_s": wall, "epoch_times_s": times,
+            "steady_epoch_s": steady, "steady_images_per_s": out["images_per_epoch"] / steady,
+            "fixed_s": wall - steady * len(times), "first_epoch_extra_s": times[0] - steady}
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    rows = []
+    for name in dict.fromkeys(r["setup"] for r in runs):
+        mine = [r for r in runs if r["setup"] == name]
+        rows.append({"setup": name, "runs": len(mine),
+                     "steady_images_per_s": statistics.median(
+                         r["steady_images_per_s"] for r in mine),
+                     "fixed_s": statistics.median(r["fixed_s"] for r in mine),
+                     "first_epoch_extra_s": statistics.median(
+                         r["first_epoch_extra_s"] for r in mine)})
+    keras_rate = rows[0]["steady_images_per_s"]
+    for row in rows:
+        row["vs_keras"] = row["steady_images_per_s"] / keras_rate
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| setup | steady images/s | x plain Keras | fixed start-up s | first-epoch extra s |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['setup']} | {r['steady_images_per_s']:.1f} | {r['vs_keras']:.2f} | "
+                     f"{r['fixed_s']:.0f} | {r['first_epoch_extra_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def run(quick: bool = False, images: int | None = None, epochs: int | None = None,
+        rounds: int | None = None, batch_size: int = 32, cpus: int | None = None,
+        out: str | None = None) -> dict:
+    from resnet_ray.data import write_signs_dir
+    from resnet_ray.synth import synth_data
+
+    cpus = cpus or os.cpu_count() or 1
+    images = images or (64 if quick else 256)
+    epochs = epochs or (2 if quick else 3)
+    rounds = rounds or (1 if quick else 2)
+    if batch_size % cpus:
+        raise SystemExit(f"--batch-size {batch_size} must divide over {cpus} workers")
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        work = Path(tmp)
+        # The project's embedded default data: the speed does not depend on what it shows.
+        train, test = synth_data(images, 12, seed=0)
+        write_signs_dir(work / "data", train, test)
+        base = {"data": str(work / "data"), "model": "tiny" if quick else "resnet50",
+                "epochs": epochs, "batch_size": batch_size, "keep_checkpoints": 1,
+                "val_fraction": 0.0}
+        runs = []
+        for round_ in range(rounds):
+            for setup in _setups(cpus):
+                result = run_setup(setup, base, work)
+                result["round"] = round_ + 1
+                print(json.dumps(result), flush=True)
+                runs.append(result)
+    rows = summarize(runs)
+    report = {"part": "train_overhead", "date": str(date.today()), "quick": quick,
+              "model": base["model"], "images_per_epoch": images, "epochs": epochs,
+              "global_batch": batch_size, "cpus": cpus, "rounds": rounds,
+              "summary": rows, "runs": runs}
+    path = Path(out) if out else RESULTS / f"train-overhead-{date.today()}" \
+        f"{'-quick' if quick else ''}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    path.with_suffix(".md").write_text(markdown(rows) + "\n")
+    print(markdown(rows))
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--images", type=int, help="training images per epoch (default 256)")
+    parser.add_argument("--epochs", type=int, help="per run (default 3)")
+    parser.add_argument("--rounds", type=int, help="alternations of the setups (default 2)")
+    parser.add_argument("--batch-size", type=int, default=32, help="global batch")
+    parser.add_argument("--cpus", type=int, help="default: this machine's CPU count")
+    parser.add_argument("--out", help="JSON path (a .md table is written beside it)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        cfg = json.loads(args.child)
+        result = child_keras(cfg) if cfg["num_workers"] == 0 else child_ray(cfg)
+        print(json.dumps(result), flush=True)
+        return
+    run(args.quick, args.images, args.epochs, args.rounds, args.batch_size, args.cpus, args.out)
+
+
+if __name__ == "__main__":
+    main()
