@@ -16,12 +16,12 @@ import yaml
 from resnet_ray.config import TrainConfig
 from resnet_ray.export import load_model_dir
 from resnet_ray.train import (FAULT_ENV, KILL_ENV, REPORTS_FILE, build_compiled,
-                              restore_checkpoint, run_training)
+                              prepare_config, restore_checkpoint, run_training)
 
 from conftest import ROOT, run_cli
 
 pytestmark = [pytest.mark.ray, pytest.mark.reliability]
-EPOCHS, BATCH, TRAIN_IMAGES = 3, 32, 192  # conftest's synth_dir: 6 steps an epoch
+EPOCHS, BATCH = 3, 32
 
 
 def _reports(run_dir):
@@ -61,14 +61,16 @@ def ray_cluster():
                                         for s in range(1, 10)])
 def test_worker_sigkilled_at_a_random_step_is_recovered(ray_cluster, synth_dir, tmp_path,
                                                         monkeypatch, seed):
-    rng = np.random.default_rng(seed)
-    steps = EPOCHS * (TRAIN_IMAGES // BATCH)
-    step, rank = int(rng.integers(1, steps)), int(rng.integers(0, 2))
-    marker = tmp_path / "killed"
-    monkeypatch.setenv(KILL_ENV, f"{step}:{rank}:{marker}")
     cfg = TrainConfig(data=str(synth_dir), model="tiny", epochs=EPOCHS, batch_size=BATCH,
                       num_workers=2, max_failures=1, storage=str(tmp_path / "runs"),
                       name="kill", export=str(tmp_path / "model"), seed=seed)
+    # The steps of the run itself: the validation split is taken out of the training file.
+    train = prepare_config(TrainConfig.from_dict(cfg.to_dict()))[1]
+    steps = EPOCHS * (len(train) // BATCH)
+    rng = np.random.default_rng(seed)
+    step, rank = int(rng.integers(1, steps)), int(rng.integers(0, 2))
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(KILL_ENV, f"{step}:{rank}:{marker}")
     result = run_training(cfg, quiet=True)
     assert marker.exists(), f"rank {rank} was not killed at step {step}"
     assert result.metrics["epoch"] == EPOCHS
