@@ -566,15 +566,15 @@ def test_score_line(meta: dict[str, Any]) -> str:
 def data_record(train: Signs, val: Signs, test: Signs) -> dict[str, Any]:
     """What a run trained, validated and was tested on: enough to check a repeat used the
     same data (file digests) and the same split (sizes per class)."""
-    def part(s: Signs, file: str | None) -> dict[str, Any]:
+    def part(s: Signs, is_file: bool) -> dict[str, Any]:
         rec = {"source": s.source, "images": len(s),
                "per_class": np.bincount(s.y, minlength=len(s.classes)).tolist()}
-        if file:
-            rec["sha256"] = _sha256(file)
+        if is_file:  # the validation split's source names a share of the training file
+            rec["sha256"] = _sha256(s.source)
         return rec
 
-    return {"train": part(train, train.source), "validation": part(val, None),
-            "test": part(test, test.source)}
+    return {"train": part(train, True), "validation": part(val, False),
+            "test": part(test, True)}
 
 
 def _sha256(path: str) -> str:
