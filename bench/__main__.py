@@ -1,17 +1,21 @@
-"""python -m bench all|train|serve [--quick] [--out-dir bench/results]: the project's
-benchmarks, one part or all.
+"""python -m bench all|train|compute|serve|tune|accuracy [--quick] [--out-dir bench/results]
+[--run RUN_DIR] [--data DIR]: the project's benchmarks, one part or all.
 
-Each part writes <out-dir>/<part>-<date>[-quick].json (and a markdown table where it has one);
-`--quick` runs every part on the tiny model in seconds, to keep the harness working.
+Each part writes <out-dir>/<part>-<date>[-quick].json and a markdown table beside it;
+`--quick` runs every part on the tiny model in seconds, to keep the harness working. The
+time-to-accuracy part reads a finished full training run (--run) or trains one on --data;
+given neither, `all` leaves it out and says so.
 """
 
 import argparse
 from datetime import date
 from pathlib import Path
 
-from . import serve_load, train_overhead
+from . import compute, serve_load, time_to_accuracy, train_overhead, tune_asha
 
-PARTS = {"train": ("train-overhead", train_overhead.main), "serve": ("serve", serve_load.main)}
+PARTS = {"train": ("train-overhead", train_overhead.main), "compute": ("compute", compute.main),
+         "serve": ("serve", serve_load.main), "tune": ("tune", tune_asha.main),
+         "accuracy": ("time-to-accuracy", time_to_accuracy.main)}
 
 
 def main(argv=None) -> None:
@@ -19,12 +23,26 @@ def main(argv=None) -> None:
     parser.add_argument("part", choices=["all", *PARTS])
     parser.add_argument("--quick", action="store_true", help="tiny model, seconds")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--run", help="accuracy: a finished `resnet-ray train` run directory")
+    parser.add_argument("--data", help="tune and accuracy: a data directory (default: "
+                                       "synthetic for tune; accuracy then trains on it)")
     args = parser.parse_args(argv)
-    for name in PARTS if args.part == "all" else [args.part]:
+    parts = list(PARTS) if args.part == "all" else [args.part]
+    if args.part == "all" and not (args.quick or args.run or args.data):
+        print("== accuracy: left out; give --run RUN_DIR of a finished full training run "
+              "(or --data DIR to train one, about an hour on 2 cores)", flush=True)
+        parts.remove("accuracy")
+    for name in parts:
         stem, part_main = PARTS[name]
         out = args.out_dir / f"{stem}-{date.today()}{'-quick' if args.quick else ''}.json"
         print(f"== {name} -> {out}", flush=True)
-        part_main(["--out", str(out), *(["--quick"] if args.quick else [])])
+        extra = []
+        if name == "accuracy":
+            extra = ["--run", args.run] if args.run else (["--data", args.data] if args.data
+                                                           else [])
+        elif name == "tune" and args.data:
+            extra = ["--data", args.data]
+        part_main(["--out", str(out), *(["--quick"] if args.quick else []), *extra])
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""Serve throughput and latency of the full ResNet-50 over HTTP on loopback, with
-`@serve.batch` on (max_batch_size 32) and off (max_batch_size 1), at concurrency 1 and 32.
+"""Serve throughput and latency of the full ResNet-50 over HTTP on loopback (issue 8, part 3),
+with `@serve.batch` on (max_batch_size 32) and off (max_batch_size 1), at concurrency 1, 8
+and 32, against the same model called in this process at batch 1, 8 and 32.
 
 python -m bench.serve_load [--quick] [--requests 200] [--out bench/results/serve-DATE.json]
 
 Bounded request loops against 127.0.0.1 only. The model's weights are untrained: speed does
-not depend on them. --quick serves the tiny model with a few requests: it keeps the harness
+not depend on them. The in-process baseline is the replica's own call (a `tf.function` of
+the model in inference mode) on images already decoded; HTTP adds PNG decoding, the proxy and
+the batching queue, and shares the machine's cores with the load generator. --quick serves the tiny model with a few requests: it keeps the harness
 working (tests/test_bench.py) and measures nothing.
 """
 
@@ -21,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .common import result_path, write_report
 
 
 def _free_port() -> int:
@@ -53,6 +58,55 @@ async def _load(url: str, payload: bytes, requests: int, concurrency: int) -> di
             "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99))}
 
 
+def in_process(model_dir: Path, batch: int, images: int) -> dict:
+    """images/s of the replica's model call at a fixed batch size, no HTTP."""
+    from resnet_ray.export import load_model_dir
+    from resnet_ray.images import to_model_input
+    from resnet_ray.keras_backend import tf
+
+    model, meta = load_model_dir(model_dir)
+    infer = tf.function(lambda x: model(x, training=False))
+    x = to_model_input(np.random.default_rng(0).integers(
+        0, 256, (batch, *meta["input_shape"]), np.uint8))
+    infer(x).numpy()
+    rounds = max(2, images // batch)
+    begin = time.perf_counter()
+    for _ in range(rounds):
+        infer(x).numpy()
+    return {"batch": batch, "images_per_s": rounds * batch / (time.perf_counter() - begin)}
+
+
+def summarize(rows: list[dict], local: list[dict]) -> dict:
+    """The issue's two ratios, at concurrency 32: HTTP with batching against the in-process
+    call at batch 32 (goal >= 0.8), and batching on against off (goal >= 3)."""
+    http = {(r["batching"], r["concurrency"]): r["images_per_s"] for r in rows}
+    top = max(c for _, c in http)
+    local_top = next(r["images_per_s"] for r in local if r["batch"] == max(
+        r["batch"] for r in local))
+    out = {"concurrency": top,
+           "http_batched_vs_in_process": http[("on", top)] / local_top,
+           "batched_vs_unbatched": http[("on", top)] / http[("off", top)]}
+    out["goals"] = {"http_batched_vs_in_process >= 0.8": out["http_batched_vs_in_process"] >= 0.8,
+                    "batched_vs_unbatched >= 3": out["batched_vs_unbatched"] >= 3}
+    return out
+
+
+def markdown(report: dict) -> str:
+    lines = ["| @serve.batch | concurrency | images/s | p50 ms | p95 ms | p99 ms | errors |",
+             "|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['batching']} (max {r['max_batch_size']}) | {r['concurrency']} | "
+                     f"{r['images_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
+                     f"{r['p99_ms']:.0f} | {r['errors']} |")
+    lines += ["", "| in process, batch | images/s |", "|---|---|"]
+    lines += [f"| {r['batch']} | {r['images_per_s']:.1f} |" for r in report["in_process"]]
+    s = report["summary"]
+    lines += ["", f"At concurrency {s['concurrency']}: batched HTTP = "
+                  f"{s['http_batched_vs_in_process']:.2f}x in-process (goal 0.8x); batching on = "
+                  f"{s['batched_vs_unbatched']:.2f}x off (goal 3x)."]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -60,8 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     requests = args.requests or (16 if args.quick else 200)
-    out = Path(args.out or f"bench/results/serve-{date.today()}"
-                           f"{'-quick' if args.quick else ''}.json")
+    out = result_path(args.out, "serve", args.quick)
 
     from ray import serve
 
@@ -84,26 +137,29 @@ def main(argv: list[str] | None = None) -> None:
     url = f"http://127.0.0.1:{port}/predict"
     rows = []
     try:
-        for batching, size in (("on", 32), ("off", 1)):
-            serve.run(DigitService.options(
-                max_ongoing_requests=32, max_queued_requests=256,
-                user_config={"max_batch_size": size, "batch_wait_timeout_s": 0.01})
-                .bind(str(model_dir)), name="bench", route_prefix="/")
-            asyncio.run(_load(url, payload, 20, 4))  # warm-up
-            for concurrency in (1, 32):
-                row = {"batching": batching, "max_batch_size": size,
-                       **asyncio.run(_load(url, payload, requests, concurrency))}
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-            serve.delete("bench")
+        try:
+            for batching, size in (("on", 32), ("off", 1)):
+                serve.run(DigitService.options(
+                    max_ongoing_requests=32, max_queued_requests=256,
+                    user_config={"max_batch_size": size, "batch_wait_timeout_s": 0.01})
+                    .bind(str(model_dir)), name="bench", route_prefix="/")
+                asyncio.run(_load(url, payload, 20, 4))  # warm-up
+                for concurrency in (1, 8, 32):
+                    row = {"batching": batching, "max_batch_size": size,
+                           **asyncio.run(_load(url, payload, requests, concurrency))}
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+                serve.delete("bench")
+        finally:
+            serve.shutdown()
+        # After Serve is gone, so that the replica does not compete for the cores.
+        local = [in_process(model_dir, batch, requests) for batch in (1, 8, 32)]
     finally:
-        serve.shutdown()
         shutil.rmtree(model_dir.parent, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"part": "serve", "date": str(date.today()), "quick": args.quick,
-                               "model": f"{model_name} 64x64x3", "rows": rows},
-                              indent=2) + "\n")
-    print(f"wrote {out}")
+    report = {"part": "serve", "date": str(date.today()), "quick": args.quick,
+              "model": f"{model_name} 64x64x3", "requests": requests, "rows": rows,
+              "in_process": local, "summary": summarize(rows, local)}
+    write_report(report, out, markdown(report))
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ import time
 from datetime import date
 from pathlib import Path
 
+from .common import epoch_timer, result_path, write_report
+
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 
 
 def _setups(cpus: int) -> list[dict]:
@@ -53,15 +54,8 @@ def child_keras(cfg_dict: dict) -> dict:
     model, _ = build_compiled(cfg, steps)
     dataset = strategy.distribute_datasets_from_function(make_dataset_fn(train, cfg, 0))
     times: list[float] = []
-
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.start)
-
-    model.fit(dataset, epochs=cfg.epochs, steps_per_epoch=steps, callbacks=[Timer()], verbose=0)
+    model.fit(dataset, epochs=cfg.epochs, steps_per_epoch=steps,
+              callbacks=[epoch_timer(keras, times)], verbose=0)
     return {"epoch_times_s": times, "images_per_epoch": steps * cfg.batch_size}
 
 
@@ -157,13 +151,7 @@ def run(quick: bool = False, images: int | None = None, epochs: int | None = Non
               "model": base["model"], "images_per_epoch": images, "epochs": epochs,
               "global_batch": batch_size, "cpus": cpus, "rounds": rounds,
               "summary": rows, "runs": runs}
-    path = Path(out) if out else RESULTS / f"train-overhead-{date.today()}" \
-        f"{'-quick' if quick else ''}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    path.with_suffix(".md").write_text(markdown(rows) + "\n")
-    print(markdown(rows))
-    print(f"wrote {path} and {path.with_suffix('.md')}")
+    write_report(report, result_path(out, "train-overhead", quick), markdown(rows))
     return report
 
 

@@ -28,5 +28,27 @@ def test_bench_all_quick_writes_every_part(tmp_path):
     assert "| keras |" in next(tmp_path.glob("train-overhead-*-quick.md")).read_text()
     serve = json.loads(next(tmp_path.glob("serve-*-quick.json")).read_text())
     assert {(r["batching"], r["concurrency"]) for r in serve["rows"]} == {
-        ("on", 1), ("on", 32), ("off", 1), ("off", 32)}
-    assert all(r["errors"] == 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in serve["rows"])
+        (b, c) for b in ("on", "off") for c in (1, 8, 32)}
+    assert all(r["errors"] == 0 and r["p99_ms"] >= r["p95_ms"] >= r["p50_ms"] > 0
+               for r in serve["rows"])
+    assert [r["batch"] for r in serve["in_process"]] == [1, 8, 32]
+    assert serve["summary"]["batched_vs_unbatched"] > 0
+    assert "in-process" in next(tmp_path.glob("serve-*-quick.md")).read_text()
+
+    comp = json.loads(next(tmp_path.glob("compute-*-quick.json")).read_text())
+    assert comp["forward_flops_per_image"]["total"] > 0 and comp["cpu"]["peak_gflops"] > 0
+    assert [r["mode"].split()[0] for r in comp["rows"]] == ["train", "inference", "inference"]
+    assert all(0 < r["of_peak"] for r in comp["rows"])
+
+    # The same trials with ASHA and to the full budget: FIFO runs every epoch, ASHA no more.
+    tune = json.loads(next(tmp_path.glob("tune-*-quick.json")).read_text())
+    asha, fifo = tune["rows"]
+    assert (asha["scheduler"], fifo["scheduler"]) == ("asha", "fifo")
+    assert fifo["epochs_run"] == fifo["epochs_budget"] == asha["epochs_budget"]
+    assert asha["epochs_run"] <= fifo["epochs_run"]
+    assert tune["summary"]["epochs_share"] == asha["epochs_run"] / fifo["epochs_run"]
+
+    tta = json.loads(next(tmp_path.glob("time-to-accuracy-*-quick.json")).read_text())
+    assert [c["epoch"] for c in tta["curve"]] == [1, 2, 3]
+    assert set(tta["reached"]) == {"0.95", "0.98", "0.99"} and tta["config"]["model"] == "tiny"
+    assert next(tmp_path.glob("time-to-accuracy-*-quick.png")).stat().st_size > 0

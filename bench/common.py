@@ -1,0 +1,36 @@
+"""What every benchmark part shares: where results go and how they are written."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import date
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def result_path(out: str | None, stem: str, quick: bool) -> Path:
+    return Path(out) if out else RESULTS / f"{stem}-{date.today()}{'-quick' if quick else ''}.json"
+
+
+def write_report(report: dict, path: Path, table: str) -> None:
+    """The JSON and, beside it, the markdown table the README copies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    path.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    print(f"wrote {path} and {path.with_suffix('.md')}", flush=True)
+
+
+def epoch_timer(keras, times: list[float]):
+    """A Keras callback appending each epoch's wall time, as fit runs it."""
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    return EpochTimer()

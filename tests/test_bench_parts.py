@@ -1,0 +1,86 @@
+"""The benchmark parts compute what their tables claim: FLOPs, thresholds, ratios. (The
+whole harness runs in tests/test_bench.py; speeds are never asserted.)"""
+
+import json
+
+import pytest
+
+from bench import compute, serve_load, time_to_accuracy
+
+
+def test_flops_are_counted_per_layer_as_two_per_multiply_add():
+    from resnet_ray.keras_backend import keras
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    x = keras.layers.Conv2D(2, 1, strides=2)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(5)(x))
+    flops = compute.count_flops(model)
+    assert flops["conv"] == 2 * (8 * 8 * 3 * 3 * 3 * 4) + 2 * (4 * 4 * 4 * 2)
+    assert flops["dense"] == 2 * 2 * 5
+    assert flops["total"] == flops["conv"] + flops["dense"]
+
+
+def test_resnet50_flops_match_the_published_figure():
+    from resnet_ray.model import build_model
+
+    # He et al. (2015), table 1: 3.8 x 10^9 multiply-adds at 224x224, 1000 classes.
+    macs = compute.count_flops(build_model("resnet50", (224, 224, 3), 1000))["total"] / 2
+    assert 3.7e9 < macs < 4.0e9
+
+
+def test_an_uncounted_layer_is_refused_by_name():
+    from resnet_ray.keras_backend import keras
+
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.DepthwiseConv2D(3, name="dw")(inputs))
+    with pytest.raises(ValueError, match="dw"):
+        compute.count_flops(model)
+
+
+def test_cpu_peak_is_cores_times_clock_times_vector_width():
+    peak = compute.cpu_peak()
+    assert peak["cores"] >= 1 and peak["ghz"] > 0 and peak["flops_per_cycle_per_core"] >= 2
+    assert peak["peak_gflops"] == pytest.approx(
+        peak["cores"] * peak["ghz"] * peak["flops_per_cycle_per_core"], abs=0.1)
+
+
+def _report(epoch, acc, t, rank=0, epoch_time=10.0):
+    return json.dumps({"epoch": epoch, "val_accuracy": acc, "time": t, "rank": rank,
+                       "epoch_time_s": epoch_time})
+
+
+def test_time_to_accuracy_reads_the_first_report_of_each_epoch(tmp_path):
+    lines = [_report(1, 0.90, 110), _report(1, 0.90, 110, rank=1),
+             _report(2, 0.96, 120),
+             # the run failed after epoch 2's report, and epoch 2 was re-run 60 s later
+             _report(2, 0.99, 190), _report(3, 0.985, 200), _report(4, 0.995, 210),
+             _report(5, 0.999, 220, rank=1)]
+    (tmp_path / "reports.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "config.json").write_text(json.dumps({"model": "tiny", "epochs": 5}))
+    out = time_to_accuracy.analyse(tmp_path)
+    assert [c["epoch"] for c in out["curve"]] == [1, 2, 3, 4]
+    assert out["reached"]["0.95"] == {"epoch": 2, "wall_s": 20.0}  # from epoch 1's start, 100
+    assert out["reached"]["0.98"] == {"epoch": 3, "wall_s": 100.0}
+    assert out["reached"]["0.99"] == {"epoch": 4, "wall_s": 110.0}
+    assert out["config"] == {"model": "tiny", "epochs": 5}
+    assert "| >= 99% | 4 | 1.8 min |" in time_to_accuracy.markdown(
+        {**out, "quick": False})
+
+
+def test_time_to_accuracy_says_what_it_needs(tmp_path):
+    with pytest.raises(SystemExit, match="reports.jsonl"):
+        time_to_accuracy.analyse(tmp_path)
+    (tmp_path / "reports.jsonl").write_text(_report(1, 0.5, 10) + "\n")
+    assert time_to_accuracy.analyse(tmp_path)["reached"]["0.95"] is None
+
+
+def test_serve_ratios_compare_like_with_like():
+    rows = [{"batching": b, "concurrency": c, "images_per_s": r}
+            for b, c, r in (("on", 1, 10), ("on", 32, 90), ("off", 1, 11), ("off", 32, 20))]
+    local = [{"batch": 1, "images_per_s": 12}, {"batch": 32, "images_per_s": 100}]
+    s = serve_load.summarize(rows, local)
+    assert s["http_batched_vs_in_process"] == pytest.approx(0.9)
+    assert s["batched_vs_unbatched"] == pytest.approx(4.5)
+    assert all(s["goals"].values())
