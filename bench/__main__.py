@@ -1,13 +1,16 @@
 """python -m bench all|train|compute|serve|tune|accuracy [--quick] [--out-dir bench/results]
 [--run RUN_DIR] [--data DIR]: the project's benchmarks, one part or all.
 
-Each part writes <out-dir>/<part>-<date>[-quick].json and a markdown table beside it;
+Each part writes <out-dir>/<part>-<date>[-quick].json and a markdown table beside it, and
+`all` gathers them in <out-dir>/<date>[-quick].json and .md (with each part's minutes);
 `--quick` runs every part on the tiny model in seconds, to keep the harness working. The
 time-to-accuracy part reads a finished full training run (--run) or trains one on --data;
 given neither, `all` leaves it out and says so.
 """
 
 import argparse
+import json
+import time
 from datetime import date
 from pathlib import Path
 
@@ -32,9 +35,11 @@ def main(argv=None) -> None:
         print("== accuracy: left out; give --run RUN_DIR of a finished full training run "
               "(or --data DIR to train one, about an hour on 2 cores)", flush=True)
         parts.remove("accuracy")
+    suffix = f"{date.today()}{'-quick' if args.quick else ''}"
+    written = {}
     for name in parts:
         stem, part_main = PARTS[name]
-        out = args.out_dir / f"{stem}-{date.today()}{'-quick' if args.quick else ''}.json"
+        out = args.out_dir / f"{stem}-{suffix}.json"
         print(f"== {name} -> {out}", flush=True)
         extra = []
         if name == "accuracy":
@@ -42,7 +47,26 @@ def main(argv=None) -> None:
                                                            else [])
         elif name == "tune" and args.data:
             extra = ["--data", args.data]
+        begin = time.perf_counter()
         part_main(["--out", str(out), *(["--quick"] if args.quick else []), *extra])
+        written[name] = (out, time.perf_counter() - begin)
+    if args.part == "all":
+        combine(written, args.out_dir / f"{suffix}.json")
+
+
+def combine(written: dict, path: Path) -> None:
+    """One file per `all` run, as the README quotes it: every part's results and tables."""
+    report = {"date": str(date.today()), "parts": {}}
+    tables = [f"# python -m bench all, {date.today()}"]
+    for name, (out, seconds) in written.items():
+        report["parts"][name] = {**json.loads(out.read_text()), "bench_s": round(seconds)}
+        tables += ["", f"## {name} ({seconds / 60:.1f} min)", "",
+                   out.with_suffix(".md").read_text().strip()]
+    report["total_s"] = round(sum(seconds for _, seconds in written.values()))
+    tables += ["", f"Total: {report['total_s'] / 60:.1f} min."]
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    path.with_suffix(".md").write_text("\n".join(tables) + "\n")
+    print(f"== all: {report['total_s'] / 60:.1f} min; wrote {path} and {path.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -52,3 +52,8 @@ def test_bench_all_quick_writes_every_part(tmp_path):
     assert [c["epoch"] for c in tta["curve"]] == [1, 2, 3]
     assert set(tta["reached"]) == {"0.95", "0.98", "0.99"} and tta["config"]["model"] == "tiny"
     assert next(tmp_path.glob("time-to-accuracy-*-quick.png")).stat().st_size > 0
+
+    combined = json.loads(next(tmp_path.glob("2*-quick.json")).read_text())
+    assert list(combined["parts"]) == ["train", "compute", "serve", "tune", "accuracy"]
+    assert combined["parts"]["tune"] == {**tune, "bench_s": combined["parts"]["tune"]["bench_s"]}
+    assert "## serve" in next(tmp_path.glob("2*-quick.md")).read_text()
