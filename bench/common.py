@@ -34,3 +34,16 @@ def epoch_timer(keras, times: list[float]):
             times.append(time.perf_counter() - self.start)
 
     return EpochTimer()
+
+
+def inference_images_per_s(model, x, rounds: int) -> float:
+    """images/s of the model called as a Serve replica calls it (a tf.function in inference
+    mode) on the batch x, `rounds` times after one call that traces it."""
+    from resnet_ray.keras_backend import tf
+
+    infer = tf.function(lambda batch: model(batch, training=False))
+    infer(x).numpy()
+    begin = time.perf_counter()
+    for _ in range(rounds):
+        infer(x).numpy()
+    return rounds * len(x) / (time.perf_counter() - begin)

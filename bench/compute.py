@@ -17,11 +17,10 @@ import argparse
 import os
 import platform
 import statistics
-import time
 from datetime import date
 from pathlib import Path
 
-from .common import epoch_timer, result_path, write_report
+from .common import epoch_timer, inference_images_per_s, result_path, write_report
 
 
 def count_flops(model) -> dict[str, int]:
@@ -110,18 +109,10 @@ def measure_training(model_name: str, batch: int, steps: int) -> float:
 def measure_inference(model_name: str, batch: int, images: int) -> float:
     import numpy as np
 
-    from resnet_ray.keras_backend import tf
     from resnet_ray.model import build_model
 
-    model = build_model(model_name)
-    infer = tf.function(lambda x: model(x, training=False))
     x = np.random.default_rng(0).random((batch, 64, 64, 3), np.float32)
-    infer(x).numpy()
-    rounds = max(1, images // batch)
-    begin = time.perf_counter()
-    for _ in range(rounds):
-        infer(x).numpy()
-    return rounds * batch / (time.perf_counter() - begin)
+    return inference_images_per_s(build_model(model_name), x, max(1, images // batch))
 
 
 def run(quick: bool = False, steps: int | None = None, out: str | None = None) -> dict:

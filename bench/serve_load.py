@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .common import result_path, write_report
+from .common import inference_images_per_s, result_path, write_report
 
 
 def _free_port() -> int:
@@ -62,18 +62,12 @@ def in_process(model_dir: Path, batch: int, images: int) -> dict:
     """images/s of the replica's model call at a fixed batch size, no HTTP."""
     from resnet_ray.export import load_model_dir
     from resnet_ray.images import to_model_input
-    from resnet_ray.keras_backend import tf
 
     model, meta = load_model_dir(model_dir)
-    infer = tf.function(lambda x: model(x, training=False))
     x = to_model_input(np.random.default_rng(0).integers(
         0, 256, (batch, *meta["input_shape"]), np.uint8))
-    infer(x).numpy()
-    rounds = max(2, images // batch)
-    begin = time.perf_counter()
-    for _ in range(rounds):
-        infer(x).numpy()
-    return {"batch": batch, "images_per_s": rounds * batch / (time.perf_counter() - begin)}
+    return {"batch": batch,
+            "images_per_s": inference_images_per_s(model, x, max(2, images // batch))}
 
 
 def summarize(rows: list[dict], local: list[dict]) -> dict:
