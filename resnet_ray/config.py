@@ -43,12 +43,14 @@ class TrainConfig:
     # epochs behind the weights and validation near chance early on (issue 7).
     bn_momentum: float = 0.9
     label_smoothing: float = 0.0
-    # The training recipe beyond the seed's (issue 7): on-the-fly augmentation strength
-    # (0 = none; 1 = shifts and zoom of 10%, rotations of 10 degrees, brightness and contrast
-    # of 20%), and the learning-rate schedule with linear warm-up.
-    augment: float = 0.0
-    lr_schedule: str = "constant"
-    warmup_epochs: float = 0.0
+    # The training recipe beyond the seed's (issue 7), on by default because it measured
+    # better on real photos (README "Accuracy"): on-the-fly augmentation strength (0 = none;
+    # 1 = shifts and zoom of 10%, rotations of 10 degrees, brightness and contrast of 20%),
+    # and a cosine learning-rate decay after a linear warm-up from lr/10. The warm-up is
+    # capped at a fifth of the run (warmup_steps), so 1- and 2-epoch runs keep the default.
+    augment: float = 1.0
+    lr_schedule: str = "cosine"
+    warmup_epochs: float = 1.0
     # Filled in from the data by the driver; workers and exports rely on them.
     input_shape: tuple[int, int, int] = (64, 64, 3)
     classes: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5])
@@ -56,6 +58,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.input_shape = tuple(int(d) for d in self.input_shape)
         self.classes = [int(c) for c in self.classes]
+
+    def warmup_steps(self, steps_per_epoch: int) -> int:
+        """Optimizer steps of linear warm-up: warmup_epochs, but at most a fifth of the run."""
+        return int(round(min(self.warmup_epochs, self.epochs / 5) * steps_per_epoch))
 
     @property
     def per_worker_batch_size(self) -> int:
@@ -77,8 +83,8 @@ class TrainConfig:
             ("model", self.model in MODEL_NAMES, f"one of {list(MODEL_NAMES)}"),
             ("augment", 0 <= self.augment <= 2, "a strength from 0 (none) to 2"),
             ("lr_schedule", self.lr_schedule in LR_SCHEDULES, f"one of {list(LR_SCHEDULES)}"),
-            ("warmup_epochs", 0 <= self.warmup_epochs < self.epochs,
-             "at least 0 and fewer than the epochs"),
+            ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs,
+             "at least 0 and at most the epochs"),
             ("name", bool(self.name) and "/" not in self.name, "a name without '/'"),
         ]
         for key, ok, expected in checks:

@@ -217,7 +217,7 @@ def learning_rate(cfg: TrainConfig, steps_per_epoch: int | None):
     if steps_per_epoch is None or (cfg.lr_schedule == "constant" and not cfg.warmup_epochs):
         return cfg.lr
     total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = min(total - 1, int(round(cfg.warmup_epochs * steps_per_epoch)))
+    warmup = min(total - 1, cfg.warmup_steps(steps_per_epoch))
     if cfg.lr_schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=cfg.lr / 10 if warmup else cfg.lr, decay_steps=total - warmup,

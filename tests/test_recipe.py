@@ -35,21 +35,33 @@ def test_augmentation_is_seeded_bounded_and_off_at_zero(synth_dir):
 def test_learning_rate_schedules():
     from resnet_ray.train import lr_at
 
-    cfg = TrainConfig(epochs=4, lr=1e-3, lr_schedule="cosine", warmup_epochs=1)
-    rates = [lr_at(cfg, 10, s) for s in range(40)]
+    cfg = TrainConfig(epochs=5, lr=1e-3, lr_schedule="cosine", warmup_epochs=1)
+    rates = [lr_at(cfg, 10, s) for s in range(50)]
     assert rates[0] == pytest.approx(1e-4) and rates[10] == pytest.approx(1e-3)
     assert all(b > a for a, b in zip(rates[:10], rates[1:11]))      # linear warm-up
-    assert all(b < a for a, b in zip(rates[10:39], rates[11:40]))   # then cosine decay
+    assert all(b < a for a, b in zip(rates[10:49], rates[11:50]))   # then cosine decay
     assert rates[-1] < 1e-5
-    flat = TrainConfig(epochs=4, lr=1e-3, warmup_epochs=1)
-    assert [lr_at(flat, 10, s) for s in (10, 25, 39)] == pytest.approx([1e-3] * 3)
-    assert lr_at(TrainConfig(lr=3e-4), 10, 7) == pytest.approx(3e-4)  # the seed's default
+    flat = TrainConfig(epochs=5, lr=1e-3, lr_schedule="constant", warmup_epochs=1)
+    assert [lr_at(flat, 10, s) for s in (10, 25, 49)] == pytest.approx([1e-3] * 3)
+    seed = TrainConfig(lr=3e-4, lr_schedule="constant", warmup_epochs=0)  # the seed's recipe
+    assert lr_at(seed, 10, 7) == pytest.approx(3e-4)
+
+
+def test_recipe_is_the_default_and_short_runs_keep_it():
+    d = TrainConfig()
+    assert (d.augment, d.lr_schedule, d.warmup_epochs) == (1.0, "cosine", 1.0)
+    # A 1-epoch run (tests, smoke searches) is valid with the default warm-up, which is cut
+    # to a fifth of the run so that most steps train at the full rate and then decay.
+    short = TrainConfig(epochs=1).validate()
+    assert short.warmup_steps(10) == 2
+    assert TrainConfig(epochs=20).warmup_steps(10) == 10
 
 
 @pytest.mark.parametrize("field, value, fragment", [
     ("lr_schedule", "linear", "lr_schedule"),
     ("augment", -0.5, "augment"),
-    ("warmup_epochs", 20, "warmup_epochs"),
+    ("warmup_epochs", 21, "warmup_epochs"),
+    ("warmup_epochs", -1, "warmup_epochs"),
 ])
 def test_bad_recipe_values_are_named(field, value, fragment):
     with pytest.raises(ConfigError, match=fragment):
