@@ -113,10 +113,17 @@ def test_killed_worker_is_recovered_from_the_last_checkpoint(synth_dir, tmp_path
 
 def test_one_and_two_workers_learn_alike(synth_dir, tmp_path):
     losses = {}
-    for workers in (1, 2):
+    for workers in (0, 1, 2):
         cfg = _config(synth_dir, tmp_path, num_workers=workers, epochs=3, name=f"w{workers}",
-                      export=None)
+                      export=None, storage=str(tmp_path / f"runs{workers}"))
         losses[workers] = run_training(cfg, quiet=True).metrics["loss"]
+        if workers:
+            strategies = {r["strategy"] for r in _reports(cfg.run_dir)}
+            assert strategies == {"MultiWorkerMirroredStrategy" if workers == 2 else
+                                  "default (one worker, no all-reduce)"}, strategies
+    # A lone Ray worker trains as plain Keras in this process does: same gradients, same
+    # data order, same augmentation.
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3), losses
     # Same seed, same global batch, same examples per step: only BatchNormalization's
     # per-worker batch statistics differ.
     assert losses[2] == pytest.approx(losses[1], rel=0.15), losses
