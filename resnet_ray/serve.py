@@ -24,7 +24,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from . import WORKER_ENV_VARS, __version__
+from . import worker_env_vars, __version__
 from .errors import UserError
 from .images import ImageError, decode_image, to_model_input
 from .predict import interpret
@@ -57,7 +57,7 @@ def _reject_constant(name: str):
 
 
 @serve.deployment(
-    ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": dict(WORKER_ENV_VARS)}},
+    ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": worker_env_vars()}},
     # Batches only fill when a replica may hold at least max_batch_size requests (ray#43288).
     max_ongoing_requests=32,
     # Past this many waiting requests the proxy answers 503 at once instead of queueing.

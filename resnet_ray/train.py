@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from . import WORKER_ENV_VARS
+from . import worker_env_vars
 from .config import TrainConfig
 from .data import Signs, load_data_dir, split_validation
 from .errors import CheckpointError, ConfigError, RunFailed
@@ -482,7 +482,7 @@ def init_ray(address: str | None = None) -> None:
         ray.init(address=address, logging_level="ERROR")
     else:
         # Listens on loopback only: Ray's APIs run arbitrary code for anyone reaching them.
-        ray.init(address="local", runtime_env={"env_vars": dict(WORKER_ENV_VARS)},
+        ray.init(address="local", runtime_env={"env_vars": worker_env_vars()},
                  logging_level="ERROR", _node_ip_address="127.0.0.1")
 
 
@@ -510,7 +510,7 @@ def build_trainer(cfg: TrainConfig, data, callbacks=()):
     from ray.train.v2.api.config import LoggingConfig
 
     local = cfg.num_workers == 0
-    env = dict(WORKER_ENV_VARS)
+    env = worker_env_vars()
     for var in (FAULT_ENV, KILL_ENV):
         if os.environ.get(var):
             env[var] = os.environ[var]

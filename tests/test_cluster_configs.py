@@ -20,7 +20,7 @@ PINS = dict(re.match(r"([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==(\S+)", d).groups()
             for d in PYPROJECT["project"]["dependencies"] if "==" in d)
 MANIFESTS = {"rayjob-train.yaml": "RayJob", "rayjob-tune.yaml": "RayJob",
              "rayservice.yaml": "RayService"}
-WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1"}
+WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_ENABLE_ONEDNN_OPTS": "1"}
 
 
 def load(name):
