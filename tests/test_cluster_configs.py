@@ -134,6 +134,17 @@ def test_runtime_env_yaml_is_valid_and_sets_worker_env():
     assert ".venv/" in doc["excludes"]
 
 
+def test_worker_env_carries_the_projects_settings_unless_the_user_set_them(monkeypatch):
+    from resnet_ray import WORKER_ENV_VARS, worker_env_vars
+
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    assert worker_env_vars()["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    assert WORKER_ENV_VARS.items() >= WORKER_ENV.items()
+    # Someone who measured their CPU and wants TensorFlow's Eigen kernels keeps them.
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert worker_env_vars()["TF_ENABLE_ONEDNN_OPTS"] == "0"
+
+
 def test_launcher_config_validates_against_rays_schema():
     import jsonschema
     import ray.autoscaler
