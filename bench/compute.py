@@ -6,17 +6,23 @@ python -m bench.compute [--quick] [--steps 6] [--out bench/results/compute-DATE.
 FLOPs are counted layer by layer (a multiply-add is 2 FLOPs) for convolutions and dense layers;
 BatchNormalization, ReLU, pooling and additions are left out (well under 1% of a ResNet's).
 A training step is taken as 3x the forward pass (the backward pass computes gradients for both
-activations and weights), the usual convention. Training speed is plain Keras `fit` in this
-process, inference a `tf.function` in inference mode, as the Serve replica runs it. --quick
-uses the tiny model and a few steps: it keeps the harness working and measures nothing.
+activations and weights), the usual convention. Training speed is plain Keras `fit`,
+inference a `tf.function` in inference mode, as the Serve replica runs it. Both are measured
+twice, each time in a fresh process: with TensorFlow's oneDNN kernels off and on
+(TF_ENABLE_ONEDNN_OPTS=0/1, read when TensorFlow first optimizes a graph; TensorFlow leaves
+them off by default on CPUs without AVX512-class features). --quick uses the tiny model and a
+few steps: it keeps the harness working and measures nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -75,11 +81,15 @@ def cpu_peak() -> dict:
 def tf_settings() -> dict:
     from resnet_ray.keras_backend import tf
 
-    onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    try:  # what TensorFlow decided, not what the environment asked for: unset means on
+        # only for AVX512-class CPUs
+        from tensorflow.python.util import _pywrap_util_port
+        onednn = "on" if _pywrap_util_port.IsMklEnabled() else "off"
+    except (ImportError, AttributeError):
+        onednn = "unknown"
     return {"tensorflow": tf.__version__,
-            # TensorFlow turns oneDNN on by default on x86 Linux since 2.9.
-            "onednn": "on (default)" if onednn is None else
-                      ("on" if onednn not in ("0", "false") else "off"),
+            "onednn": f"{onednn} (TF_ENABLE_ONEDNN_OPTS="
+                      f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')})",
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or
             "0 (one per core)",
             "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads() or
@@ -115,6 +125,29 @@ def measure_inference(model_name: str, batch: int, images: int) -> float:
     return inference_images_per_s(build_model(model_name), x, max(1, images // batch))
 
 
+ONEDNN = ("off", "on")
+
+
+def measure(model_name: str, steps: int, quick: bool) -> dict:
+    """This process's TensorFlow: settings, training and inference images/s."""
+    return {"settings": tf_settings(),
+            "train": measure_training(model_name, 32, steps),
+            "inference": {batch: measure_inference(model_name, batch, 32 if quick else 256)
+                          for batch in (1, 32)}}
+
+
+def measure_in_child(onednn: str, model_name: str, steps: int, quick: bool) -> dict:
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1" if onednn == "on" else "0"}
+    proc = subprocess.run([sys.executable, "-m", "bench.compute", "--child",
+                           json.dumps([model_name, steps, quick])],
+                          cwd=Path(__file__).resolve().parent.parent, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"compute with oneDNN {onednn} failed (exit {proc.returncode}):\n"
+                           f"{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def run(quick: bool = False, steps: int | None = None, out: str | None = None) -> dict:
     from resnet_ray.model import build_model
 
@@ -122,20 +155,25 @@ def run(quick: bool = False, steps: int | None = None, out: str | None = None) -
     steps = steps or (2 if quick else 6)
     flops = count_flops(build_model(model_name))
     peak = cpu_peak()
-    rows = []
-    train_rate = measure_training(model_name, 32, steps)
-    rows.append({"mode": "train (fit, batch 32)", "images_per_s": train_rate,
-                 "gflops_per_image": 3 * flops["total"] / 1e9})
-    for batch in (1, 32):
-        rate = measure_inference(model_name, batch, 32 if quick else 256)
-        rows.append({"mode": f"inference (batch {batch})", "images_per_s": rate,
-                     "gflops_per_image": flops["total"] / 1e9})
+    rows, settings = [], {}
+    for onednn in ONEDNN:
+        got = measure_in_child(onednn, model_name, steps, quick)
+        settings[onednn] = got["settings"]
+        rows.append({"mode": "train (fit, batch 32)", "onednn": onednn,
+                     "images_per_s": got["train"], "gflops_per_image": 3 * flops["total"] / 1e9})
+        for batch, rate in got["inference"].items():
+            rows.append({"mode": f"inference (batch {batch})", "onednn": onednn,
+                         "images_per_s": rate, "gflops_per_image": flops["total"] / 1e9})
     for row in rows:
         row["achieved_gflops"] = row["images_per_s"] * row["gflops_per_image"]
         row["of_peak"] = row["achieved_gflops"] / peak["peak_gflops"]
+    off = {r["mode"]: r["images_per_s"] for r in rows if r["onednn"] == "off"}
+    onednn_speedup = {r["mode"]: r["images_per_s"] / off[r["mode"]]
+                      for r in rows if r["onednn"] == "on"}
     report = {"part": "compute", "date": str(date.today()), "quick": quick,
               "model": f"{model_name} 64x64x3", "forward_flops_per_image": flops,
-              "cpu": peak, "settings": tf_settings(), "rows": rows}
+              "cpu": peak, "settings": settings, "rows": rows,
+              "onednn_speedup": onednn_speedup}
     write_report(report, result_path(out, "compute", quick), markdown(report))
     return report
 
@@ -146,12 +184,17 @@ def markdown(report: dict) -> str:
              f"forward per image. CPU: {cpu['cpu']}, {cpu['cores']} cores x {cpu['ghz']} GHz "
              f"({cpu['clock_source']}) x {cpu['flops_per_cycle_per_core']} FLOPs/cycle "
              f"({cpu['isa']}) = {cpu['peak_gflops']} GFLOP/s peak (estimate). TensorFlow "
-             f"{s['tensorflow']}, oneDNN {s['onednn']}, intra-op threads "
-             f"{s['intra_op_threads']}, inter-op {s['inter_op_threads']}.", "",
-             "| mode | images/s | GFLOPs/image | GFLOP/s | of peak |", "|---|---|---|---|---|"]
+             f"{s['on']['tensorflow']}, oneDNN as measured: {s['off']['onednn']} / "
+             f"{s['on']['onednn']}, intra-op threads {s['on']['intra_op_threads']}, inter-op "
+             f"{s['on']['inter_op_threads']}.", "",
+             "| mode | oneDNN | images/s | GFLOPs/image | GFLOP/s | of peak |",
+             "|---|---|---|---|---|---|"]
     for r in report["rows"]:
-        lines.append(f"| {r['mode']} | {r['images_per_s']:.1f} | {r['gflops_per_image']:.3f} | "
-                     f"{r['achieved_gflops']:.1f} | {100 * r['of_peak']:.1f}% |")
+        lines.append(f"| {r['mode']} | {r['onednn']} | {r['images_per_s']:.1f} | "
+                     f"{r['gflops_per_image']:.3f} | {r['achieved_gflops']:.1f} | "
+                     f"{100 * r['of_peak']:.1f}% |")
+    lines += ["", "oneDNN on / off: " + ", ".join(
+        f"{mode} {ratio:.2f}x" for mode, ratio in report["onednn_speedup"].items())]
     return "\n".join(lines)
 
 
@@ -160,7 +203,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--steps", type=int, help="training steps of 32 per epoch (default 6)")
     parser.add_argument("--out", help="JSON path (a .md table is written beside it)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(measure(*json.loads(args.child))))
+        return
     run(args.quick, args.steps, args.out)
 
 

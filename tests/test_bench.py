@@ -37,8 +37,12 @@ def test_bench_all_quick_writes_every_part(tmp_path):
 
     comp = json.loads(next(tmp_path.glob("compute-*-quick.json")).read_text())
     assert comp["forward_flops_per_image"]["total"] > 0 and comp["cpu"]["peak_gflops"] > 0
-    assert [r["mode"].split()[0] for r in comp["rows"]] == ["train", "inference", "inference"]
+    assert [(r["mode"].split()[0], r["onednn"]) for r in comp["rows"]] == [
+        (mode, onednn) for onednn in ("off", "on") for mode in ("train", "inference", "inference")]
     assert all(0 < r["of_peak"] for r in comp["rows"])
+    # Each setting is what TensorFlow ran with, not just what was asked for.
+    assert [comp["settings"][s]["onednn"].split()[0] for s in ("off", "on")] == ["off", "on"]
+    assert set(comp["onednn_speedup"]) == {r["mode"] for r in comp["rows"]}
 
     # The same trials with ASHA and to the full budget: FIFO runs every epoch, ASHA no more.
     tune = json.loads(next(tmp_path.glob("tune-*-quick.json")).read_text())
