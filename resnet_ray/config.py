@@ -61,7 +61,7 @@ class TrainConfig:
 
     def warmup_steps(self, steps_per_epoch: int) -> int:
         """Optimizer steps of linear warm-up: warmup_epochs, but at most a fifth of the run."""
-        return int(round(min(self.warmup_epochs, self.epochs / 5) * steps_per_epoch))
+        return round(min(self.warmup_epochs, self.epochs / 5) * steps_per_epoch)
 
     @property
     def per_worker_batch_size(self) -> int:

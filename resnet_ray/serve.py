@@ -24,7 +24,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from . import worker_env_vars, __version__
+from . import __version__, worker_env_vars
 from .errors import UserError
 from .images import ImageError, decode_image, to_model_input
 from .predict import interpret
