@@ -20,9 +20,9 @@ WORKER_ENV_VARS = {
     # Ray Train tees print() into its logger, which shows every progress line twice.
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     # TensorFlow turns its oneDNN kernels on by default only on CPUs with AVX512-class
-    # features; on AVX2 CPUs it falls back to Eigen, and ResNet-50 training steps took
-    # about 1.9x as long here (AMD EPYC, AVX2; README "Performance"). A value the user set
-    # wins (see worker_env_vars).
+    # features; on AVX2 CPUs it falls back to Eigen, and ResNet-50 training was 2.67x
+    # slower here (AMD EPYC, AVX2; `python -m bench compute`, README "Performance"). A value
+    # the user set wins (see worker_env_vars).
     "TF_ENABLE_ONEDNN_OPTS": "1",
 }
 

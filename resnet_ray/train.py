@@ -236,15 +236,16 @@ def lr_at(cfg: TrainConfig, steps_per_epoch: int, step: int) -> float:
 
 
 def make_strategy(world: int, local: bool):
-    """MultiWorkerMirroredStrategy when there is someone to all-reduce with. A single worker
-    gets TensorFlow's default strategy, i.e. plain Keras: with one worker MWMS has nothing to
-    exchange, yet its collective-op runtime made each ResNet-50 step about 1.5x slower on CPU
-    (measured outside Ray, issue 10), and the gradients are the same either way."""
+    """(strategy, its name for reports and the log). MultiWorkerMirroredStrategy when there is
+    someone to all-reduce with. A single worker gets TensorFlow's default strategy, i.e. plain
+    Keras: with one worker MWMS has nothing to exchange, yet its collective-op runtime made
+    each ResNet-50 step about 1.5x slower on CPU (measured outside Ray, issue 10), and the
+    gradients are the same either way."""
     from .keras_backend import tf
 
     if local or world == 1:
-        return tf.distribute.get_strategy()
-    return tf.distribute.MultiWorkerMirroredStrategy()
+        return tf.distribute.get_strategy(), "default (one worker, no all-reduce)"
+    return tf.distribute.MultiWorkerMirroredStrategy(), "MultiWorkerMirroredStrategy"
 
 
 class RayCheckpoints:
@@ -343,9 +344,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     store = LocalCheckpoints(cfg.run_dir, cfg.keep_checkpoints) if local else RayCheckpoints()
     keras.utils.set_random_seed(cfg.seed)
 
-    strategy = make_strategy(world, local)
-    strategy_name = ("MultiWorkerMirroredStrategy" if not local and world > 1
-                     else "default (one worker, no all-reduce)")
+    strategy, strategy_name = make_strategy(world, local)
     if rank == 0 and not local:
         print(f"strategy: {strategy_name}, {world} worker(s) x {cfg.cpus_per_worker} CPU, "
               f"global batch {cfg.batch_size}", flush=True)
