@@ -39,7 +39,8 @@ def _train_config(a) -> TrainConfig:
                        seed=a.seed, bn_momentum=a.bn_momentum,
                        label_smoothing=a.label_smoothing, augment=a.augment,
                        lr_schedule=a.lr_schedule, warmup_epochs=a.warmup_epochs,
-                       val_fraction=a.val_fraction)
+                       val_fraction=a.val_fraction, allreduce_pack_mb=a.allreduce_pack_mb,
+                       allreduce_dtype=a.allreduce_dtype)
 
 
 def _train(a):
@@ -148,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="linear warm-up from lr/10")
     recipe.add_argument("--bn-momentum", type=float, default=d.bn_momentum)
     recipe.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    comm = tr.add_argument_group("data-parallel communication")
+    comm.add_argument("--allreduce-pack-mb", type=float, default=d.allreduce_pack_mb,
+                      help="all-reduce gradients in packs of this many MiB, overlapping the "
+                           "backward pass (0: one pack at the end)")
+    comm.add_argument("--allreduce-dtype", default=d.allreduce_dtype,
+                      choices=["float32", "float16", "bfloat16"],
+                      help="dtype the gradients travel in; weights stay float32")
     tr.set_defaults(func=_train)
 
     tu = sub.add_parser("tune", help="Ray Tune search over training options")

@@ -15,6 +15,7 @@ from .errors import ConfigError
 
 DEFAULT_STORAGE = str(Path("runs").absolute())
 LR_SCHEDULES = ("constant", "cosine")
+ALLREDUCE_DTYPES = ("float32", "float16", "bfloat16")
 MODEL_NAMES = ("resnet50", "tiny")  # resnet_ray.model.MODELS; kept here so that checking a
                                     # config does not import TensorFlow
 
@@ -51,6 +52,12 @@ class TrainConfig:
     augment: float = 1.0
     lr_schedule: str = "cosine"
     warmup_epochs: float = 1.0
+    # Data-parallel communication (issue 10). Gradients are all-reduced in packs of this many
+    # MiB, so that the first packs travel while the backward pass still computes the rest
+    # (0: one pack after the whole backward pass, TensorFlow's default), and sent in this
+    # dtype (float16 or bfloat16 halve the bytes; weights and optimizer stay float32).
+    allreduce_pack_mb: float = 0.0
+    allreduce_dtype: str = "float32"
     # Filled in from the data by the driver; workers and exports rely on them.
     input_shape: tuple[int, int, int] = (64, 64, 3)
     classes: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5])
@@ -85,6 +92,9 @@ class TrainConfig:
             ("lr_schedule", self.lr_schedule in LR_SCHEDULES, f"one of {list(LR_SCHEDULES)}"),
             ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs,
              "at least 0 and at most the epochs"),
+            ("allreduce_pack_mb", self.allreduce_pack_mb >= 0, "0 (one pack) or more MiB"),
+            ("allreduce_dtype", self.allreduce_dtype in ALLREDUCE_DTYPES,
+             f"one of {list(ALLREDUCE_DTYPES)}"),
             ("name", bool(self.name) and "/" not in self.name, "a name without '/'"),
         ]
         for key, ok, expected in checks:
@@ -137,8 +147,9 @@ class TrainConfig:
 
 _INTS = {"epochs", "batch_size", "num_workers", "cpus_per_worker", "max_failures",
          "keep_checkpoints", "seed"}
-_FLOATS = {"lr", "bn_momentum", "label_smoothing", "augment", "warmup_epochs", "val_fraction"}
-_STRS = {"data", "model", "storage", "name", "lr_schedule"}
+_FLOATS = {"lr", "bn_momentum", "label_smoothing", "augment", "warmup_epochs", "val_fraction",
+           "allreduce_pack_mb"}
+_STRS = {"data", "model", "storage", "name", "lr_schedule", "allreduce_dtype"}
 
 
 def _expected_type(key: str, value: Any) -> str | None:

@@ -204,10 +204,53 @@ def build_compiled(cfg: TrainConfig, steps_per_epoch: int | None = None):
     from .model import build_model
 
     model = build_model(cfg.model, cfg.input_shape, len(cfg.classes), cfg.bn_momentum)
-    optimizer = keras.optimizers.Adam(learning_rate=learning_rate(cfg, steps_per_epoch))
+    optimizer = optimizer_class(cfg)(learning_rate=learning_rate(cfg, steps_per_epoch))
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     return model, optimizer
+
+
+# float16 keeps 5 exponent bits: gradients of a loss averaged over the batch are small enough
+# to fall below its smallest normal number (6e-5), so they travel scaled by this power of two
+# (exact in any float format) and are scaled back after the sum.
+FLOAT16_GRADIENT_SCALE = 2.0 ** 10
+
+
+def optimizer_class(cfg: TrainConfig):
+    """Adam, or Adam whose gradient all-reduce sends cfg.allreduce_dtype instead of float32:
+    half the bytes on the wire; the summed gradients come back as float32 for the update."""
+    from .keras_backend import keras, tf
+
+    if cfg.allreduce_dtype == "float32":
+        return keras.optimizers.Adam
+    dtype = tf.as_dtype(cfg.allreduce_dtype)
+    scale = FLOAT16_GRADIENT_SCALE if dtype == tf.float16 else 1.0
+
+    class CompressedAllReduceAdam(keras.optimizers.Adam):
+        def aggregate_gradients(self, grads_and_vars):
+            sent = [(None if g is None else tf.cast(g * scale, dtype), v)
+                    for g, v in grads_and_vars]
+            return [(None if g is None else tf.cast(g, v.dtype) / scale, v)
+                    for g, v in super().aggregate_gradients(sent)]
+
+    return CompressedAllReduceAdam
+
+
+def communication_options(cfg: TrainConfig):
+    from .keras_backend import tf
+
+    return tf.distribute.experimental.CommunicationOptions(
+        bytes_per_pack=int(cfg.allreduce_pack_mb * 2 ** 20))
+
+
+def communication_line(cfg: TrainConfig, model, world: int) -> str:
+    """What each all-reduce sends, for the worker log (issue 10: say which settings ran)."""
+    grad_mb = sum(int(np.prod(v.shape)) for v in model.trainable_variables) * \
+        {"float32": 4, "float16": 2, "bfloat16": 2}[cfg.allreduce_dtype] / 2 ** 20
+    packs = "one pack" if not cfg.allreduce_pack_mb else \
+        f"packs of {cfg.allreduce_pack_mb:g} MiB"
+    return (f"communication: {world} workers, {grad_mb:.1f} MiB of {cfg.allreduce_dtype} "
+            f"gradients per step in {packs}, per-worker batch {cfg.per_worker_batch_size}")
 
 
 def learning_rate(cfg: TrainConfig, steps_per_epoch: int | None):
@@ -235,7 +278,7 @@ def lr_at(cfg: TrainConfig, steps_per_epoch: int, step: int) -> float:
     return float(schedule(step)) if callable(schedule) else float(schedule)
 
 
-def make_strategy(world: int, local: bool):
+def make_strategy(world: int, local: bool, cfg: TrainConfig):
     """(strategy, its name for reports and the log). MultiWorkerMirroredStrategy when there is
     someone to all-reduce with. A single worker gets TensorFlow's default strategy, i.e. plain
     Keras: with one worker MWMS has nothing to exchange, yet its collective-op runtime made
@@ -245,7 +288,8 @@ def make_strategy(world: int, local: bool):
 
     if local or world == 1:
         return tf.distribute.get_strategy(), "default (one worker, no all-reduce)"
-    return tf.distribute.MultiWorkerMirroredStrategy(), "MultiWorkerMirroredStrategy"
+    return (tf.distribute.MultiWorkerMirroredStrategy(
+        communication_options=communication_options(cfg)), "MultiWorkerMirroredStrategy")
 
 
 class RayCheckpoints:
@@ -344,13 +388,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     store = LocalCheckpoints(cfg.run_dir, cfg.keep_checkpoints) if local else RayCheckpoints()
     keras.utils.set_random_seed(cfg.seed)
 
-    strategy, strategy_name = make_strategy(world, local)
+    strategy, strategy_name = make_strategy(world, local, cfg)
     if rank == 0 and not local:
         print(f"strategy: {strategy_name}, {world} worker(s) x {cfg.cpus_per_worker} CPU, "
               f"global batch {cfg.batch_size}", flush=True)
     steps = len(train) // cfg.batch_size
     with strategy.scope():
         model, optimizer = build_compiled(cfg, steps)
+    if rank == 0 and world > 1:
+        print(communication_line(cfg, model, world), flush=True)
     # A plain copy outside the strategy: validation and checkpoint writing then run on
     # this worker alone, with no collective ops that the other workers would have to join.
     local_model, _ = build_compiled(cfg)

@@ -1,0 +1,97 @@
+"""Data-parallel communication options (issue 10): gradients that travel in float16 or
+bfloat16 sum to what float32 gives, within the format's precision; the options are checked."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from resnet_ray.config import TrainConfig
+from resnet_ray.errors import ConfigError
+
+from conftest import ROOT
+
+# Two logical CPUs in one process and a MirroredStrategy: the same all-reduce path
+# (the optimizer's aggregate_gradients) as MultiWorkerMirroredStrategy, without Ray.
+# One strategy per process: collective instance keys are per process and would clash.
+SCRIPT = r"""
+import sys
+from resnet_ray.keras_backend import keras, tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import numpy as np
+from resnet_ray.config import TrainConfig
+from resnet_ray.train import build_compiled
+
+dtype, out = sys.argv[1], sys.argv[2]
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+keras.utils.set_random_seed(0)
+with strategy.scope():
+    model, opt = build_compiled(TrainConfig(model="tiny", data="-", allreduce_dtype=dtype))
+rng = np.random.default_rng(0)
+x = rng.random((16, 64, 64, 3), np.float32)
+y = np.eye(6, dtype=np.float32)[rng.integers(0, 6, 16)]
+ds = strategy.experimental_distribute_dataset(
+    tf.data.Dataset.from_tensor_slices((x, y)).batch(16))
+
+@tf.function
+def step(batch):
+    def replica(xb, yb):
+        with tf.GradientTape() as tape:
+            p = model(xb, training=True)
+            loss = tf.reduce_sum(keras.losses.categorical_crossentropy(yb, p)) / 16
+        grads = tape.gradient(loss, model.trainable_variables)
+        pairs = opt.aggregate_gradients(list(zip(grads, model.trainable_variables)))
+        return [g for g, _ in pairs]
+    return strategy.run(replica, args=batch)
+
+grads = step(next(iter(ds)))
+np.savez(out, *[strategy.experimental_local_results(g)[0].numpy() for g in grads])
+print(type(opt).__name__, [g.dtype for g in strategy.experimental_local_results(grads[0])])
+"""
+
+
+def _summed_gradients(dtype, tmp_path):
+    out = tmp_path / f"{dtype}.npz"
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, dtype, str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    arrays = np.load(out)
+    return [arrays[k] for k in sorted(arrays.files, key=lambda k: int(k.split("_")[1]))], \
+        proc.stdout
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float16", 2e-3), ("bfloat16", 1e-2)])
+def test_compressed_gradients_sum_to_the_float32_sum(dtype, tolerance, tmp_path):
+    exact, out32 = _summed_gradients("float32", tmp_path)
+    sent, out = _summed_gradients(dtype, tmp_path)
+    assert "CompressedAllReduceAdam" in out and "float32" in out  # back to float32 for Adam
+    assert "CompressedAllReduceAdam" not in out32
+    error = np.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(exact, sent)) /
+                    sum((a ** 2).sum() for a in exact))
+    assert 0 < error < tolerance, error  # 0 would mean nothing was compressed
+
+
+@pytest.mark.parametrize("field, value", [("allreduce_dtype", "int8"),
+                                          ("allreduce_pack_mb", -1.0)])
+def test_bad_communication_options_are_named(field, value):
+    with pytest.raises(ConfigError, match=field):
+        TrainConfig(**{field: value}).validate()
+
+
+def test_scaling_model_ring_all_reduce_and_calibration_round_trip():
+    from bench.scaling import fitted_gbit_per_s, predict, ring_allreduce_s
+
+    grad = 94e6
+    assert ring_allreduce_s(1, grad, 10, 1e-4) == 0
+    # a ring sends 2 (N-1)/N of the data: 94 MB over 2 workers at 1 Gbit/s is 0.752 s
+    assert ring_allreduce_s(2, grad, 1, 0) == pytest.approx(0.752)
+    one = predict(1, 32, 0.1, grad, 10)
+    assert one["efficiency"] == pytest.approx(1) and one["images_per_s"] == pytest.approx(10)
+    four = predict(4, 32, 0.1, grad, 10, latency_s=0)
+    assert four["step_s"] == pytest.approx(3.2 + 1.5 * 94e6 * 8 / 10e9)
+    assert predict(4, 32, 0.1, grad, 100)["efficiency"] > four["efficiency"]
+    # full overlap hides communication shorter than the compute
+    assert predict(4, 32, 0.1, grad, 10, latency_s=0, overlap=1)["efficiency"] == 1
+    assert fitted_gbit_per_s(2, grad, ring_allreduce_s(2, grad, 3.5, 0)) == pytest.approx(3.5)
