@@ -1,25 +1,33 @@
-"""Data-parallel scaling (issue 10): per-step time split into compute and communication,
-measured, and a model that predicts images/s for N workers on other networks.
+"""Data-parallel scaling (issue 10): each training step split into compute, all-reduce and
+idle time on real Ray Train workers, and a model that predicts images/s for N workers.
 
-python -m bench.scaling [--quick] [--batches 16,32] [--out bench/results/scaling-DATE.json]
+python -m bench.scaling [--quick] [--workers 2,3,4] [--batch 16] [--out PATH]
 
-Measured by difference with the project's own training loop (each run a fresh process, as in
-bench.train_overhead): 1 worker x 1 CPU at per-worker batch b does only compute; 2 workers x
-1 CPU at the same per-worker batch do the same compute plus the gradient all-reduce and any
-waiting. Their step-time difference is the communication the second worker costs.
+Each setup runs split_loop on its Ray Train workers: the forward and backward pass alone, the
+optimizer's gradient all-reduce alone, and the whole step as fit runs it, each timed on the
+worker (median of 5 after 2 warm-ups). 1 worker x all cores at the same global batch is the
+reference; 3 and 4 workers share this host's cores on purpose, to check the model where the
+compute per worker shrinks. Two workers are also measured with the communication options
+(float16 gradients, 8 MiB packs) and with TensorFlow's own thread pools (the state before
+train.limit_threads).
 
-The model: a step takes b x t_img of compute plus a ring all-reduce of S gradient bytes,
-2 (N-1)/N x S / bandwidth + 2 (N-1) x latency, less what overlaps with the backward pass.
-Calibrated here (t_img, and loopback's effective bandwidth from the 2-worker runs), it
-predicts N = 1..64 workers on 1, 10 and 100 Gbit/s links, for this CPU and for a GPU worker.
+The model: a step takes b x t_img of compute (times N / cores where workers share cores) plus
+a ring all-reduce of S gradient bytes, 2 (N-1)/N x S / bandwidth + 2 (N-1) x latency, plus the
+runtime's overhead per step. Calibrated on 1x1 and 2x1 (t_img, loopback's bandwidth, the
+overhead), it is checked against the 3- and 4-worker measurements and predicts N = 1..64
+workers on 1, 10 and 100 Gbit/s links, for this CPU and for a GPU worker.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import tempfile
 from datetime import date
 from pathlib import Path
+
+import numpy as np
 
 from .common import result_path, write_report
 
@@ -55,77 +63,208 @@ def fitted_gbit_per_s(n: int, grad_bytes: float, comm_s: float) -> float:
     return 2 * (n - 1) / n * grad_bytes * 8 / comm_s / 1e9
 
 
-def measure(quick: bool, batches: list[int], images: int, epochs: int) -> list[dict]:
-    from resnet_ray.data import write_signs_dir
-    from resnet_ray.synth import synth_data
+def split_loop(config: dict) -> None:
+    """One Ray Train worker: time, on this worker, (a) the forward and backward pass alone,
+    (b) the gradient all-reduce alone (the optimizer's own, so the communication options and
+    dtype are the product's), (c) the whole training step as fit runs it. What (c) has beyond
+    (a) + (b) is idle time: waiting for the slower worker, or the runtime's own overhead; a
+    negative remainder is communication hidden behind the backward pass."""
+    import json
+    import statistics
+    import time
 
-    from .train_overhead import run_setup
+    import ray.train
 
-    rows = []
+    from resnet_ray.config import TrainConfig
+    from resnet_ray.keras_backend import tf
+    from resnet_ray.train import build_compiled, limit_threads, make_strategy
+
+    cfg = TrainConfig.from_dict(config["config"])
+    if config["limit_threads"]:
+        limit_threads(cfg.cpus_per_worker)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    strategy, strategy_name = make_strategy(world, False, cfg)
+    b = cfg.per_worker_batch_size
+    with strategy.scope():
+        model, optimizer = build_compiled(cfg, 1000)
+    x = tf.random.uniform((b, *cfg.input_shape), seed=rank)
+    y = tf.one_hot(tf.random.uniform((b,), maxval=len(cfg.classes), dtype=tf.int32, seed=rank),
+                   len(cfg.classes))
+    variables = model.trainable_variables
+    fixed = [tf.ones_like(v) for v in variables]
+
+    def checksum(tensors):
+        return tf.add_n([tf.reduce_sum(t) for t in tensors])
+
+    def gradients():
+        with tf.GradientTape() as tape:
+            loss = model.compiled_loss(y, model(x, training=True))
+        return tape.gradient(loss, variables)
+
+    phases = {
+        "compute": tf.function(lambda: strategy.run(lambda: checksum(gradients()))),
+        "allreduce": tf.function(lambda: strategy.run(lambda: checksum(
+            [g for g, _ in optimizer.aggregate_gradients(list(zip(fixed, variables)))]))),
+        "step": tf.function(lambda: strategy.run(lambda: model.train_step((x, y))["loss"])),
+    }
+    result = {"rank": rank, "workers": world, "per_worker_batch": b,
+              "strategy": strategy_name, "intra_op_threads":
+              tf.config.threading.get_intra_op_parallelism_threads()}
+    for name, fn in phases.items():
+        times = []
+        for i in range(config["warmup"] + config["repeats"]):
+            begin = time.perf_counter()
+            strategy.experimental_local_results(fn())[0].numpy()
+            if i >= config["warmup"]:
+                times.append(time.perf_counter() - begin)
+        result[f"{name}_s"] = statistics.median(times)
+        result[f"{name}_times_s"] = times
+    with open(f"{config['out_dir']}/rank-{rank}.json", "w") as f:
+        json.dump(result, f)
+
+
+def measure_split(model: str, workers: int, cpus_per_worker: float, per_worker_batch: int,
+                  limit: bool = True, warmup: int = 2, repeats: int = 5, **comm) -> dict:
+    """split_loop on `workers` Ray Train workers; rank 0's times and every rank's."""
+    import json
+
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    from resnet_ray import worker_env_vars
+    from resnet_ray.config import TrainConfig
+
+    cfg = TrainConfig(data="-", model=model, num_workers=workers,
+                      cpus_per_worker=max(1, round(cpus_per_worker)),
+                      batch_size=per_worker_batch * workers, **comm)
     with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp:
-        work = Path(tmp)
-        write_signs_dir(work / "data", *synth_data(images, 12, seed=0))
-        for b in batches:
-            for workers in (1, 2):
-                base = {"data": str(work / "data"), "model": "tiny" if quick else "resnet50",
-                        "epochs": epochs, "batch_size": b * workers, "keep_checkpoints": 1,
-                        "val_fraction": 0.0}
-                run = run_setup({"setup": f"{workers}x1 b{b}", "num_workers": workers,
-                                 "cpus_per_worker": 1}, base, work)
-                steps = images // (b * workers)
-                rows.append({"workers": workers, "per_worker_batch": b,
-                             "step_s": run["steady_epoch_s"] / steps,
-                             "images_per_s": run["steady_images_per_s"],
-                             "epoch_times_s": run["epoch_times_s"]})
-                print(rows[-1], flush=True)
-    return rows
+        TensorflowTrainer(
+            split_loop,
+            train_loop_config={"config": cfg.to_dict(), "out_dir": tmp, "warmup": warmup,
+                               "repeats": repeats, "limit_threads": limit},
+            scaling_config=ScalingConfig(num_workers=workers,
+                                         resources_per_worker={"CPU": cpus_per_worker}),
+            run_config=RunConfig(name="split", storage_path=f"{tmp}/runs",
+                                 worker_runtime_env={"env_vars": worker_env_vars()}),
+        ).fit()
+        ranks = [json.loads(Path(tmp, f"rank-{r}.json").read_text()) for r in range(workers)]
+    row = {"workers": workers, "cpus_per_worker": cpus_per_worker,
+           "per_worker_batch": per_worker_batch, "limit_threads": limit, **comm}
+    for key in ("compute_s", "allreduce_s", "step_s"):
+        row[key] = ranks[0][key]
+    row["idle_s"] = row["step_s"] - row["compute_s"] - row["allreduce_s"]
+    row["images_per_s"] = workers * per_worker_batch / row["step_s"]
+    row["ranks"] = ranks
+    return row
 
 
-def run(quick: bool = False, batches: list[int] | None = None, out: str | None = None) -> dict:
+def local_setups(quick: bool, workers: list[int], batch: int, cores: int) -> list[dict]:
+    """The measured setups: the 1 x all-cores reference at the same global batch as 2 x 1,
+    one 1-CPU worker (compute alone), then 2..N workers sharing the cores, and for two
+    workers the communication variants and TensorFlow's own thread pools (the pre-fix state)."""
+    setups = [{"label": f"1x{cores}", "workers": 1, "cpus_per_worker": cores,
+               "per_worker_batch": batch * 2},
+              {"label": "1x1", "workers": 1, "cpus_per_worker": 1, "per_worker_batch": batch}]
+    for n in workers:
+        if n > 1:
+            setups.append({"label": f"{n}x{cores / n:g}", "workers": n,
+                           "cpus_per_worker": min(1, cores / n), "per_worker_batch": batch})
+    if 2 in workers and not quick:
+        two = {"workers": 2, "cpus_per_worker": 1, "per_worker_batch": batch}
+        setups += [{"label": "2x1 float16", **two, "allreduce_dtype": "float16"},
+                   {"label": "2x1 packs of 8 MiB", **two, "allreduce_pack_mb": 8.0},
+                   {"label": "2x1 TF default threads", **two, "limit": False}]
+    return setups
+
+
+def scaling_model(rows: list[dict], grad_bytes: float, cores: int) -> dict:
+    """Calibrate on 1x1 (compute per image on one core) and 2x1 (loopback bandwidth, and
+    the runtime overhead per step); predict every measured local setup from them."""
+    one = next(r for r in rows if r["label"] == "1x1")
+    two = next(r for r in rows if r["label"] == "2x1")
+    s_per_image = one["compute_s"] / one["per_worker_batch"]
+    gbit = fitted_gbit_per_s(2, grad_bytes, two["allreduce_s"])
+    overhead = max(0.0, two["idle_s"])
+    checks = []
+    for r in rows:
+        if r["label"] != f"{r['workers']}x{cores / r['workers']:g}" or r["workers"] < 2:
+            continue
+        n, b = r["workers"], r["per_worker_batch"]
+        # Workers beyond the cores share them: each computes at cores/n of a core.
+        compute = b * s_per_image * max(1.0, n / cores)
+        step = compute + ring_allreduce_s(n, grad_bytes, gbit, 0.0) + overhead
+        predicted = n * b / step
+        checks.append({"setup": r["label"], "measured_images_per_s": r["images_per_s"],
+                       "predicted_images_per_s": predicted,
+                       "error": predicted / r["images_per_s"] - 1})
+    return {"s_per_image_one_core": s_per_image, "loopback_gbit_per_s": gbit,
+            "overhead_s_per_step": overhead, "checks": checks}
+
+
+def run(quick: bool = False, workers: list[int] | None = None, batch: int = 16,
+        out: str | None = None) -> dict:
+    import ray
+
+    from resnet_ray import worker_env_vars
     from resnet_ray.model import build_model
 
     model_name = "tiny" if quick else "resnet50"
-    batches = batches or ([8] if quick else [16, 32])
-    grad_bytes = 4 * build_model(model_name).count_params()
-    rows = measure(quick, batches, 64 if quick else 256, 2 if quick else 3)
-    split = []
-    for b in batches:
-        one = next(r for r in rows if r["workers"] == 1 and r["per_worker_batch"] == b)
-        two = next(r for r in rows if r["workers"] == 2 and r["per_worker_batch"] == b)
-        comm = max(1e-6, two["step_s"] - one["step_s"])
-        split.append({"per_worker_batch": b, "compute_s": one["step_s"], "comm_and_idle_s": comm,
-                      "comm_share": comm / two["step_s"],
-                      "loopback_gbit_per_s": fitted_gbit_per_s(2, grad_bytes, comm),
-                      "s_per_image": one["step_s"] / b})
-    # Check: the model, with loopback's fitted bandwidth, against each measured 2-worker rate.
-    for s in split:
-        s["predicted_2_worker_images_per_s"] = predict(
-            2, s["per_worker_batch"], s["s_per_image"], grad_bytes, s["loopback_gbit_per_s"],
-            latency_s=0.0)["images_per_s"]
-    s_img = min(s["s_per_image"] for s in split)
+    workers = workers or ([2] if quick else [2, 3, 4])
+    cores = os.cpu_count() or 1
+    grad_bytes = 4 * sum(int(np.prod(v.shape)) for v in
+                         build_model(model_name).trainable_variables)
+    # Enough logical CPUs for every worker; beyond the cores they share them, on purpose.
+    ray.init(address="local", num_cpus=max(cores, *workers), logging_level="ERROR",
+             runtime_env={"env_vars": worker_env_vars()}, _node_ip_address="127.0.0.1")
+    rows = []
+    try:
+        for setup in local_setups(quick, workers, batch, cores):
+            setup = dict(setup)
+            label = setup.pop("label")
+            row = {"label": label, **measure_split(
+                model_name, repeats=2 if quick else 5, warmup=1 if quick else 2, **setup)}
+            print(json.dumps({k: v for k, v in row.items() if k != "ranks"}), flush=True)
+            rows.append(row)
+    finally:
+        ray.shutdown()
+    model = scaling_model(rows, grad_bytes, cores)
+    reference = next(r for r in rows if r["label"] == f"1x{cores}")
+    for r in rows:
+        r["vs_one_worker_all_cores"] = r["images_per_s"] / reference["images_per_s"]
     table = []
-    for worker, s_per_image in (("this CPU core", s_img), ("GPU (V100-class)",
-                                                           1 / GPU_IMAGES_PER_S)):
+    for worker, s_per_image in (("this CPU core", model["s_per_image_one_core"]),
+                                ("GPU (V100-class)", 1 / GPU_IMAGES_PER_S)):
         for gbit in LINKS_GBIT:
             for n in WORKERS:
                 for b in (32, 128):
                     table.append({"worker": worker, "link_gbit": gbit, "per_worker_batch": b,
                                   **predict(n, b, s_per_image, grad_bytes, gbit)})
-    report = {"part": "scaling", "date": str(date.today()), "quick": quick,
+    report = {"part": "scaling", "date": str(date.today()), "quick": quick, "cores": cores,
               "model": model_name, "gradient_mb": grad_bytes / 2 ** 20, "measured": rows,
-              "split": split, "predictions": table}
+              "scaling_model": model, "predictions": table}
     write_report(report, result_path(out, "scaling", quick), markdown(report))
     return report
 
 
 def markdown(report: dict) -> str:
-    lines = [f"Gradients: {report['gradient_mb']:.1f} MiB float32 per step.", "",
-             "| per-worker batch | compute s/step | all-reduce + idle s/step | share of the "
-             "2-worker step | fitted loopback Gbit/s |", "|---|---|---|---|---|"]
-    for s in report["split"]:
-        lines.append(f"| {s['per_worker_batch']} | {s['compute_s']:.2f} | "
-                     f"{s['comm_and_idle_s']:.2f} | {100 * s['comm_share']:.0f}% | "
-                     f"{s['loopback_gbit_per_s']:.1f} |")
+    lines = [f"Gradients: {report['gradient_mb']:.1f} MiB float32 per step. Median of each "
+             "phase on rank 0; idle = step - compute - all-reduce.", "",
+             "| setup | per-worker batch | compute s | all-reduce s | idle s | step s | "
+             "images/s | x 1 worker |", "|---|---|---|---|---|---|---|---|"]
+    for r in report["measured"]:
+        lines.append(f"| {r['label']} | {r['per_worker_batch']} | {r['compute_s']:.2f} | "
+                     f"{r['allreduce_s']:.2f} | {r['idle_s']:.2f} | {r['step_s']:.2f} | "
+                     f"{r['images_per_s']:.1f} | {r['vs_one_worker_all_cores']:.2f} |")
+    m = report["scaling_model"]
+    lines += ["", f"Scaling model, calibrated on 1x1 and 2x1: {1000 * m['s_per_image_one_core']:.0f}"
+                  f" ms per image on one core, loopback all-reduce at "
+                  f"{m['loopback_gbit_per_s']:.2f} Gbit/s, {m['overhead_s_per_step']:.2f} s "
+                  "overhead per step.", "",
+              "| setup | measured images/s | predicted | error |", "|---|---|---|---|"]
+    for c in m["checks"]:
+        lines.append(f"| {c['setup']} | {c['measured_images_per_s']:.1f} | "
+                     f"{c['predicted_images_per_s']:.1f} | {100 * c['error']:+.0f}% |")
     lines += ["", "Predicted efficiency (images/s as a share of N x one worker's), per-worker "
                   "batch 32:", "", "| worker | link | " +
               " | ".join(f"N={n}" for n in WORKERS) + " |",
@@ -142,11 +281,13 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--batches", help="per-worker batch sizes, e.g. 16,32")
+    parser.add_argument("--workers", help="worker counts beyond one, e.g. 2,3,4 (default)")
+    parser.add_argument("--batch", type=int, default=16,
+                        help="per-worker batch (16: the default global batch 32 over 2)")
     parser.add_argument("--out", help="JSON path (a .md table is written beside it)")
     args = parser.parse_args(argv)
-    run(args.quick, [int(b) for b in args.batches.split(",")] if args.batches else None,
-        args.out)
+    run(args.quick, [int(w) for w in args.workers.split(",")] if args.workers else None,
+        args.batch, args.out)
 
 
 if __name__ == "__main__":

@@ -278,6 +278,25 @@ def lr_at(cfg: TrainConfig, steps_per_epoch: int, step: int) -> float:
     return float(schedule(step)) if callable(schedule) else float(schedule)
 
 
+def limit_threads(cpus: int) -> None:
+    """Size TensorFlow's thread pools to the CPUs Ray gave this worker. TensorFlow sizes them
+    by the host's cores, so N workers of one CPU each on an N-core host run N times as many
+    threads as cores, and they get in each other's way: two ResNet-50 processes on this
+    2-core host computed 25.2 images/s with TensorFlow's pools, 31.4 with one thread each
+    (issue 10, bench/results/scaling-*)."""
+    from .keras_backend import tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(cpus)
+        tf.config.threading.set_inter_op_parallelism_threads(cpus)
+    except RuntimeError:
+        # TensorFlow already ran something in this process and its pools are fixed; say so
+        # rather than train with a setting other than the one the log claims.
+        print(f"warning: TensorFlow's thread pools were already set up; this worker keeps "
+              f"{tf.config.threading.get_intra_op_parallelism_threads() or 'one per core'} "
+              f"intra-op threads instead of {cpus}", flush=True)
+
+
 def make_strategy(world: int, local: bool, cfg: TrainConfig):
     """(strategy, its name for reports and the log). MultiWorkerMirroredStrategy when there is
     someone to all-reduce with. A single worker gets TensorFlow's default strategy, i.e. plain
@@ -382,6 +401,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     data = loop_config["data"]
     train, val = ray.get(data) if isinstance(data, ray.ObjectRef) else data
     local = cfg.num_workers == 0
+    if not local:
+        limit_threads(cfg.cpus_per_worker)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
@@ -389,9 +410,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     keras.utils.set_random_seed(cfg.seed)
 
     strategy, strategy_name = make_strategy(world, local, cfg)
+    tf_threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
     if rank == 0 and not local:
-        print(f"strategy: {strategy_name}, {world} worker(s) x {cfg.cpus_per_worker} CPU, "
-              f"global batch {cfg.batch_size}", flush=True)
+        print(f"strategy: {strategy_name}, {world} worker(s) x {cfg.cpus_per_worker} CPU "
+              f"({tf_threads} TensorFlow thread(s) each), global batch {cfg.batch_size}",
+              flush=True)
     steps = len(train) // cfg.batch_size
     with strategy.scope():
         model, optimizer = build_compiled(cfg, steps)
@@ -439,6 +462,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 "images_per_s": steps * cfg.batch_size / seconds, "lr": lr_at(cfg, steps, (epoch + 1) * steps - 1),
                 "rank": rank,
                 "world_size": world, "strategy": strategy_name, "node_id": node_id,
+                "tf_threads": tf_threads,
                 "weights_digest": weights_digest(weights),
             }
             state["epoch"] = epoch + 1

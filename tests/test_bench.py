@@ -26,6 +26,19 @@ def test_bench_all_quick_writes_every_part(tmp_path):
     assert train["summary"][0]["vs_keras"] == 1.0
     assert len(train["runs"]) == 3 and all(len(r["epoch_times_s"]) == 2 for r in train["runs"])
     assert "| keras |" in next(tmp_path.glob("train-overhead-*-quick.md")).read_text()
+    # Every step split on the worker that ran it; the second worker adds an all-reduce.
+    scaling = json.loads(next(tmp_path.glob("scaling-*-quick.json")).read_text())
+    rows = {r["label"]: r for r in scaling["measured"]}
+    assert list(rows) == [f"1x{scaling['cores']}", "1x1", "2x1"]
+    assert all(r["compute_s"] > 0 and r["step_s"] > 0 for r in rows.values())
+    assert [len(r["ranks"]) for r in rows.values()] == [1, 1, 2]
+    assert rows["2x1"]["ranks"][1]["strategy"] == "MultiWorkerMirroredStrategy"
+    assert rows["2x1"]["ranks"][0]["intra_op_threads"] == 1
+    reference = rows[f"1x{scaling['cores']}"]
+    assert reference["per_worker_batch"] == 2 * rows["2x1"]["per_worker_batch"]
+    assert reference["vs_one_worker_all_cores"] == 1.0
+    assert [c["setup"] for c in scaling["scaling_model"]["checks"]] == ["2x1"]
+    assert {p["workers"] for p in scaling["predictions"]} == {1, 2, 4, 8, 16, 32, 64}
     serve = json.loads(next(tmp_path.glob("serve-*-quick.json")).read_text())
     assert {(r["batching"], r["concurrency"]) for r in serve["rows"]} == {
         (b, c) for b in ("on", "off") for c in (1, 8, 32)}
@@ -58,6 +71,7 @@ def test_bench_all_quick_writes_every_part(tmp_path):
     assert next(tmp_path.glob("time-to-accuracy-*-quick.png")).stat().st_size > 0
 
     combined = json.loads(next(tmp_path.glob("2*-quick.json")).read_text())
-    assert list(combined["parts"]) == ["train", "compute", "serve", "tune", "accuracy"]
+    assert list(combined["parts"]) == ["train", "scaling", "compute", "serve", "tune",
+                                       "accuracy"]
     assert combined["parts"]["tune"] == {**tune, "bench_s": combined["parts"]["tune"]["bench_s"]}
     assert "## serve" in next(tmp_path.glob("2*-quick.md")).read_text()

@@ -121,6 +121,8 @@ def test_one_and_two_workers_learn_alike(synth_dir, tmp_path):
             strategies = {r["strategy"] for r in _reports(cfg.run_dir)}
             assert strategies == {"MultiWorkerMirroredStrategy" if workers == 2 else
                                   "default (one worker, no all-reduce)"}, strategies
+            # TensorFlow sizes its pools by the host's cores; a worker uses what Ray gave it.
+            assert {r["tf_threads"] for r in _reports(cfg.run_dir)} == {cfg.cpus_per_worker}
     # A lone Ray worker trains as plain Keras in this process does: same gradients, same
     # data order, same augmentation.
     assert losses[1] == pytest.approx(losses[0], rel=1e-3), losses
