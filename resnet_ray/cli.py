@@ -37,7 +37,8 @@ def _train_config(a) -> TrainConfig:
                        use_gpu=a.use_gpu, storage=a.storage, name=a.name, export=a.export,
                        max_failures=a.max_failures, keep_checkpoints=a.keep_checkpoints,
                        seed=a.seed, bn_momentum=a.bn_momentum,
-                       label_smoothing=a.label_smoothing, augment=a.augment,
+                       label_smoothing=a.label_smoothing, weight_decay=a.weight_decay,
+                       augment=a.augment,
                        lr_schedule=a.lr_schedule, warmup_epochs=a.warmup_epochs,
                        val_fraction=a.val_fraction, allreduce_pack_mb=a.allreduce_pack_mb,
                        allreduce_dtype=a.allreduce_dtype)
@@ -149,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="linear warm-up from lr/10")
     recipe.add_argument("--bn-momentum", type=float, default=d.bn_momentum)
     recipe.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    recipe.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                        help="AdamW's decoupled weight decay on conv and dense kernels "
+                             "(0: Adam)")
     comm = tr.add_argument_group("data-parallel communication")
     comm.add_argument("--allreduce-pack-mb", type=float, default=d.allreduce_pack_mb,
                       help="all-reduce gradients in packs of this many MiB, overlapping the "

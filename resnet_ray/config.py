@@ -44,6 +44,8 @@ class TrainConfig:
     # epochs behind the weights and validation near chance early on (issue 7).
     bn_momentum: float = 0.9
     label_smoothing: float = 0.0
+    # Decoupled weight decay (AdamW) on the conv and dense kernels; 0 is plain Adam.
+    weight_decay: float = 0.0
     # The training recipe beyond the seed's (issue 7), on by default because it measured
     # better on real photos (README "Accuracy"): on-the-fly augmentation strength (0 = none;
     # 1 = shifts and zoom of 10%, rotations of 10 degrees, brightness and contrast of 20%),
@@ -85,6 +87,7 @@ class TrainConfig:
             ("keep_checkpoints", self.keep_checkpoints >= 1, "at least 1"),
             ("bn_momentum", 0 < self.bn_momentum < 1, "between 0 and 1"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "between 0 and 1"),
+            ("weight_decay", 0 <= self.weight_decay < 1, "at least 0 and below 1"),
             ("val_fraction", 0 <= self.val_fraction < 1,
              "0 (validate on the test file) or a fraction below 1"),
             ("model", self.model in MODEL_NAMES, f"one of {list(MODEL_NAMES)}"),
@@ -147,7 +150,7 @@ class TrainConfig:
 
 _INTS = {"epochs", "batch_size", "num_workers", "cpus_per_worker", "max_failures",
          "keep_checkpoints", "seed"}
-_FLOATS = {"lr", "bn_momentum", "label_smoothing", "augment", "warmup_epochs", "val_fraction",
+_FLOATS = {"lr", "bn_momentum", "label_smoothing", "weight_decay", "augment", "warmup_epochs", "val_fraction",
            "allreduce_pack_mb"}
 _STRS = {"data", "model", "storage", "name", "lr_schedule", "allreduce_dtype"}
 

@@ -204,7 +204,12 @@ def build_compiled(cfg: TrainConfig, steps_per_epoch: int | None = None):
     from .model import build_model
 
     model = build_model(cfg.model, cfg.input_shape, len(cfg.classes), cfg.bn_momentum)
-    optimizer = optimizer_class(cfg)(learning_rate=learning_rate(cfg, steps_per_epoch))
+    optimizer = optimizer_class(cfg)(learning_rate=learning_rate(cfg, steps_per_epoch),
+                                     weight_decay=cfg.weight_decay or None)
+    if cfg.weight_decay:
+        # BatchNormalization's scale and shift and the biases set levels, not features;
+        # shrinking them towards 0 only fights the data.
+        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     return model, optimizer

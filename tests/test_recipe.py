@@ -62,6 +62,8 @@ def test_recipe_is_the_default_and_short_runs_keep_it():
     ("augment", -0.5, "augment"),
     ("warmup_epochs", 21, "warmup_epochs"),
     ("warmup_epochs", -1, "warmup_epochs"),
+    ("weight_decay", -0.1, "weight_decay"),
+    ("weight_decay", 1.0, "weight_decay"),
 ])
 def test_bad_recipe_values_are_named(field, value, fragment):
     with pytest.raises(ConfigError, match=fragment):
@@ -71,12 +73,41 @@ def test_bad_recipe_values_are_named(field, value, fragment):
 def test_cli_recipe_flags_reach_the_run_and_its_export(synth_dir, tmp_path):
     proc = run_cli("train", "--data", synth_dir, "--model", "tiny", "--epochs", 2,
                    "--num-workers", 0, "--augment", 1, "--lr-schedule", "cosine",
-                   "--warmup-epochs", 0.5, "--storage", tmp_path, "--name", "r",
+                   "--warmup-epochs", 0.5, "--weight-decay", 0.05, "--storage", tmp_path,
+                   "--name", "r",
                    "--export", tmp_path / "model")
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads((tmp_path / "model" / "metadata.json").read_text())
     assert meta["config"]["augment"] == 1 and meta["config"]["lr_schedule"] == "cosine"
-    assert meta["config"]["warmup_epochs"] == 0.5
+    assert meta["config"]["warmup_epochs"] == 0.5 and meta["config"]["weight_decay"] == 0.05
     bad = run_cli("train", "--data", synth_dir, "--augment", "-1", "--num-workers", 0,
                   "--storage", tmp_path)
     assert_user_error(bad, "augment")
+
+
+def test_weight_decay_shrinks_kernels_only():
+    """One step from the same weights on the same batch: with decay, each kernel is smaller
+    by exactly lr x decay x its old value; BatchNormalization's scale and shift and the
+    biases take the same step as without."""
+    from resnet_ray.keras_backend import keras
+    from resnet_ray.train import build_compiled
+
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 64, 64, 3), np.float32)
+    y = np.eye(6, dtype=np.float32)[rng.integers(0, 6, 8)]
+    after = {}
+    for wd in (0.0, 0.5):
+        keras.utils.set_random_seed(0)
+        model, _ = build_compiled(TrainConfig(model="tiny", data="-", lr=0.01, weight_decay=wd,
+                                              lr_schedule="constant", warmup_epochs=0))
+        before = {v.name: v.numpy() for v in model.trainable_variables}
+        model.train_on_batch(x, y)
+        after[wd] = {v.name: v.numpy() for v in model.trainable_variables}
+    kernels = [n for n in before if "kernel" in n]
+    others = [n for n in before if "kernel" not in n]
+    assert kernels and any("gamma" in n for n in others) and any("bias" in n for n in others)
+    for n in kernels:
+        np.testing.assert_allclose(after[0.0][n] - after[0.5][n], 0.01 * 0.5 * before[n],
+                                   atol=1e-6)
+    for n in others:
+        np.testing.assert_allclose(after[0.0][n], after[0.5][n], atol=1e-7)
