@@ -85,7 +85,8 @@ def split_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     strategy, strategy_name = make_strategy(world, False, cfg)
-    b = cfg.per_worker_batch_size
+    k = cfg.accumulate
+    b = cfg.per_worker_batch_size * k  # a worker's images per update, all micro-batches
     with strategy.scope():
         model, optimizer = build_compiled(cfg, 1000)
     x = tf.random.uniform((b, *cfg.input_shape), seed=rank)
@@ -98,9 +99,13 @@ def split_loop(config: dict) -> None:
         return tf.add_n([tf.reduce_sum(t) for t in tensors])
 
     def gradients():
-        with tf.GradientTape() as tape:
-            loss = model.compiled_loss(y, model(x, training=True))
-        return tape.gradient(loss, variables)
+        total = None
+        for xs, ys in zip(tf.split(x, k), tf.split(y, k)):
+            with tf.GradientTape() as tape:
+                loss = model.compiled_loss(ys, model(xs, training=True))
+            grads = tape.gradient(loss, variables)
+            total = grads if total is None else [a + g for a, g in zip(total, grads)]
+        return total
 
     phases = {
         "compute": tf.function(lambda: strategy.run(lambda: checksum(gradients()))),
@@ -108,7 +113,7 @@ def split_loop(config: dict) -> None:
             [g for g, _ in optimizer.aggregate_gradients(list(zip(fixed, variables)))]))),
         "step": tf.function(lambda: strategy.run(lambda: model.train_step((x, y))["loss"])),
     }
-    result = {"rank": rank, "workers": world, "per_worker_batch": b,
+    result = {"rank": rank, "workers": world, "images_per_update": b, "accumulate": k,
               "strategy": strategy_name, "intra_op_threads":
               tf.config.threading.get_intra_op_parallelism_threads()}
     for name, fn in phases.items():
@@ -154,7 +159,7 @@ def measure_split(model: str, workers: int, cpus_per_worker: float, per_worker_b
     for key in ("compute_s", "allreduce_s", "step_s"):
         row[key] = ranks[0][key]
     row["idle_s"] = row["step_s"] - row["compute_s"] - row["allreduce_s"]
-    row["images_per_s"] = workers * per_worker_batch / row["step_s"]
+    row["images_per_s"] = workers * per_worker_batch * cfg.accumulate / row["step_s"]
     row["ranks"] = ranks
     return row
 
@@ -170,10 +175,15 @@ def local_setups(quick: bool, workers: list[int], batch: int, cores: int) -> lis
         if n > 1:
             setups.append({"label": f"{n}x{cores / n:g}", "workers": n,
                            "cpus_per_worker": min(1, cores / n), "per_worker_batch": batch})
+    two = {"workers": 2, "cpus_per_worker": 1, "per_worker_batch": batch}
+    if 2 in workers:
+        setups.append({"label": "2x1 accumulate 2", **two, "accumulate": 2})
     if 2 in workers and not quick:
-        two = {"workers": 2, "cpus_per_worker": 1, "per_worker_batch": batch}
         setups += [{"label": "2x1 float16", **two, "allreduce_dtype": "float16"},
                    {"label": "2x1 packs of 8 MiB", **two, "allreduce_pack_mb": 8.0},
+                   {"label": "2x1 accumulate 4", **two, "accumulate": 4},
+                   {"label": "2x1 float16, accumulate 2", **two, "allreduce_dtype": "float16",
+                    "accumulate": 2},
                    {"label": "2x1 TF default threads", **two, "limit": False}]
     return setups
 
@@ -253,7 +263,9 @@ def markdown(report: dict) -> str:
              "| setup | per-worker batch | compute s | all-reduce s | idle s | step s | "
              "images/s | x 1 worker |", "|---|---|---|---|---|---|---|---|"]
     for r in report["measured"]:
-        lines.append(f"| {r['label']} | {r['per_worker_batch']} | {r['compute_s']:.2f} | "
+        batch = f"{r['per_worker_batch']}" + (f" x {r['accumulate']}"
+                                              if r.get("accumulate", 1) > 1 else "")
+        lines.append(f"| {r['label']} | {batch} | {r['compute_s']:.2f} | "
                      f"{r['allreduce_s']:.2f} | {r['idle_s']:.2f} | {r['step_s']:.2f} | "
                      f"{r['images_per_s']:.1f} | {r['vs_one_worker_all_cores']:.2f} |")
     m = report["scaling_model"]

@@ -41,7 +41,8 @@ def _train_config(a) -> TrainConfig:
                        augment=a.augment,
                        lr_schedule=a.lr_schedule, warmup_epochs=a.warmup_epochs,
                        val_fraction=a.val_fraction, allreduce_pack_mb=a.allreduce_pack_mb,
-                       allreduce_dtype=a.allreduce_dtype)
+                       allreduce_dtype=a.allreduce_dtype, accumulate=a.accumulate,
+                       lr_scaling=a.lr_scaling)
 
 
 def _train(a):
@@ -160,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     comm.add_argument("--allreduce-dtype", default=d.allreduce_dtype,
                       choices=["float32", "float16", "bfloat16"],
                       help="dtype the gradients travel in; weights stay float32")
+    comm.add_argument("--accumulate", type=int, default=d.accumulate,
+                      help="micro-batches of --batch-size per all-reduce and update (the "
+                           "update then covers batch-size x accumulate images)")
+    comm.add_argument("--lr-scaling", default=d.lr_scaling, choices=["linear", "sqrt", "none"],
+                      help="how --lr grows with the update's batch when accumulating")
     tr.set_defaults(func=_train)
 
     tu = sub.add_parser("tune", help="Ray Tune search over training options")

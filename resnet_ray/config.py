@@ -15,6 +15,7 @@ from .errors import ConfigError
 
 DEFAULT_STORAGE = str(Path("runs").absolute())
 LR_SCHEDULES = ("constant", "cosine")
+LR_SCALINGS = ("linear", "sqrt", "none")
 ALLREDUCE_DTYPES = ("float32", "float16", "bfloat16")
 MODEL_NAMES = ("resnet50", "tiny")  # resnet_ray.model.MODELS; kept here so that checking a
                                     # config does not import TensorFlow
@@ -60,6 +61,12 @@ class TrainConfig:
     # dtype (float16 or bfloat16 halve the bytes; weights and optimizer stay float32).
     allreduce_pack_mb: float = 0.0
     allreduce_dtype: str = "float32"
+    # Micro-batches of batch_size each worker computes before one all-reduce and update:
+    # the update then covers batch_size x accumulate images, and the all-reduce's cost is
+    # shared by that many. lr is the rate for batch_size; lr_scaling says how it grows with
+    # the update's batch (linear: x accumulate, the rule of Goyal et al. 2017; sqrt; none).
+    accumulate: int = 1
+    lr_scaling: str = "linear"
     # Filled in from the data by the driver; workers and exports rely on them.
     input_shape: tuple[int, int, int] = (64, 64, 3)
     classes: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5])
@@ -74,7 +81,20 @@ class TrainConfig:
 
     @property
     def per_worker_batch_size(self) -> int:
+        """Images a worker computes at once (one micro-batch)."""
         return self.batch_size // max(1, self.num_workers)
+
+    @property
+    def update_batch_size(self) -> int:
+        """Images behind each weight update, over all workers and micro-batches."""
+        return self.batch_size * self.accumulate
+
+    @property
+    def update_lr(self) -> float:
+        """The peak learning rate of an update of update_batch_size images."""
+        factor = {"linear": self.accumulate, "sqrt": self.accumulate ** 0.5,
+                  "none": 1}[self.lr_scaling]
+        return self.lr * factor
 
     def validate(self) -> "TrainConfig":
         checks = [
@@ -98,6 +118,8 @@ class TrainConfig:
             ("allreduce_pack_mb", self.allreduce_pack_mb >= 0, "0 (one pack) or more MiB"),
             ("allreduce_dtype", self.allreduce_dtype in ALLREDUCE_DTYPES,
              f"one of {list(ALLREDUCE_DTYPES)}"),
+            ("accumulate", self.accumulate >= 1, "at least 1 (1: no accumulation)"),
+            ("lr_scaling", self.lr_scaling in LR_SCALINGS, f"one of {list(LR_SCALINGS)}"),
             ("name", bool(self.name) and "/" not in self.name, "a name without '/'"),
         ]
         for key, ok, expected in checks:
@@ -149,10 +171,10 @@ class TrainConfig:
 
 
 _INTS = {"epochs", "batch_size", "num_workers", "cpus_per_worker", "max_failures",
-         "keep_checkpoints", "seed"}
+         "keep_checkpoints", "seed", "accumulate"}
 _FLOATS = {"lr", "bn_momentum", "label_smoothing", "weight_decay", "augment", "warmup_epochs", "val_fraction",
            "allreduce_pack_mb"}
-_STRS = {"data", "model", "storage", "name", "lr_schedule", "allreduce_dtype"}
+_STRS = {"data", "model", "storage", "name", "lr_schedule", "allreduce_dtype", "lr_scaling"}
 
 
 def _expected_type(key: str, value: Any) -> str | None:

@@ -52,7 +52,8 @@ def make_dataset_fn(train: Signs, cfg: TrainConfig, first_epoch: int):
     seed = cfg.seed + first_epoch  # a resumed run does not replay the first epochs' order
 
     def dataset_fn(input_context):
-        per_replica = input_context.get_per_replica_batch_size(cfg.batch_size)
+        # A worker's batch holds all its micro-batches; the train step splits it.
+        per_replica = input_context.get_per_replica_batch_size(cfg.update_batch_size)
         ds = tf.data.Dataset.from_tensor_slices((x, y))
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).repeat()
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
@@ -204,6 +205,8 @@ def build_compiled(cfg: TrainConfig, steps_per_epoch: int | None = None):
     from .model import build_model
 
     model = build_model(cfg.model, cfg.input_shape, len(cfg.classes), cfg.bn_momentum)
+    if cfg.accumulate > 1 and steps_per_epoch is not None:
+        model = accumulating(model, cfg.accumulate)
     optimizer = optimizer_class(cfg)(learning_rate=learning_rate(cfg, steps_per_epoch),
                                      weight_decay=cfg.weight_decay or None)
     if cfg.weight_decay:
@@ -213,6 +216,32 @@ def build_compiled(cfg: TrainConfig, steps_per_epoch: int | None = None):
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     return model, optimizer
+
+
+def accumulating(model, micro_batches: int):
+    """The same layers (and weights, names, files) in a model whose train step splits each
+    batch into micro_batches, sums their gradients, and applies the mean once: one gradient
+    all-reduce per micro_batches forward and backward passes, and BatchNormalization's batch
+    statistics over a micro-batch, as without accumulation."""
+    from .keras_backend import keras, tf
+
+    class Accumulating(keras.Model):
+        def train_step(self, data):
+            x, y = data
+            total = None
+            for xs, ys in zip(tf.split(x, micro_batches), tf.split(y, micro_batches)):
+                with tf.GradientTape() as tape:
+                    pred = self(xs, training=True)
+                    loss = self.compute_loss(xs, ys, pred)
+                grads = tape.gradient(loss, self.trainable_variables)
+                total = grads if total is None else [a + g for a, g in zip(total, grads)]
+                # As Keras' own step: the metrics see the training-mode predictions.
+                results = self.compute_metrics(xs, ys, pred, None)
+            self.optimizer.apply_gradients(
+                zip([g / micro_batches for g in total], self.trainable_variables))
+            return results
+
+    return Accumulating(inputs=model.inputs, outputs=model.outputs, name=model.name)
 
 
 # float16 keeps 5 exponent bits: gradients of a loss averaged over the batch are small enough
@@ -254,8 +283,10 @@ def communication_line(cfg: TrainConfig, model, world: int) -> str:
         {"float32": 4, "float16": 2, "bfloat16": 2}[cfg.allreduce_dtype] / 2 ** 20
     packs = "one pack" if not cfg.allreduce_pack_mb else \
         f"packs of {cfg.allreduce_pack_mb:g} MiB"
+    micro = f" x {cfg.accumulate} micro-batches" if cfg.accumulate > 1 else ""
     return (f"communication: {world} workers, {grad_mb:.1f} MiB of {cfg.allreduce_dtype} "
-            f"gradients per step in {packs}, per-worker batch {cfg.per_worker_batch_size}")
+            f"gradients per update in {packs}, per-worker batch {cfg.per_worker_batch_size}"
+            f"{micro}, update batch {cfg.update_batch_size} at lr {cfg.update_lr:g}")
 
 
 def learning_rate(cfg: TrainConfig, steps_per_epoch: int | None):
@@ -263,18 +294,19 @@ def learning_rate(cfg: TrainConfig, steps_per_epoch: int | None):
     resumed run continues the schedule where it stopped)."""
     from .keras_backend import keras
 
+    lr = cfg.update_lr
     if steps_per_epoch is None or (cfg.lr_schedule == "constant" and not cfg.warmup_epochs):
-        return cfg.lr
+        return lr
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = min(total - 1, cfg.warmup_steps(steps_per_epoch))
     if cfg.lr_schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=cfg.lr / 10 if warmup else cfg.lr, decay_steps=total - warmup,
-            warmup_target=cfg.lr if warmup else None, warmup_steps=warmup)
+            initial_learning_rate=lr / 10 if warmup else lr, decay_steps=total - warmup,
+            warmup_target=lr if warmup else None, warmup_steps=warmup)
     # constant after a linear warm-up: a cosine that decays to alpha = 1, i.e. not at all
     return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=cfg.lr / 10, decay_steps=total - warmup, alpha=1.0,
-        warmup_target=cfg.lr, warmup_steps=warmup)
+        initial_learning_rate=lr / 10, decay_steps=total - warmup, alpha=1.0,
+        warmup_target=lr, warmup_steps=warmup)
 
 
 def lr_at(cfg: TrainConfig, steps_per_epoch: int, step: int) -> float:
@@ -420,7 +452,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         print(f"strategy: {strategy_name}, {world} worker(s) x {cfg.cpus_per_worker} CPU "
               f"({tf_threads} TensorFlow thread(s) each), global batch {cfg.batch_size}",
               flush=True)
-    steps = len(train) // cfg.batch_size
+    steps = len(train) // cfg.update_batch_size
     with strategy.scope():
         model, optimizer = build_compiled(cfg, steps)
     if rank == 0 and world > 1:
@@ -464,7 +496,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 "epoch": epoch + 1, "loss": float(logs["loss"]),
                 "accuracy": float(logs["accuracy"]), "val_loss": scores["loss"],
                 "val_accuracy": scores["accuracy"], "epoch_time_s": seconds,
-                "images_per_s": steps * cfg.batch_size / seconds, "lr": lr_at(cfg, steps, (epoch + 1) * steps - 1),
+                "images_per_s": steps * cfg.update_batch_size / seconds,
+                "lr": lr_at(cfg, steps, (epoch + 1) * steps - 1),
                 "rank": rank,
                 "world_size": world, "strategy": strategy_name, "node_id": node_id,
                 "tf_threads": tf_threads,
@@ -570,8 +603,10 @@ def prepare_config(cfg: TrainConfig) -> tuple[TrainConfig, Signs, Signs, Signs]:
         train, val = split_validation(train, cfg.val_fraction, cfg.seed)
     else:
         val = test
-    if len(train) < cfg.batch_size:
-        raise ConfigError(f"batch_size: {cfg.batch_size} is larger than the {len(train)} "
+    if len(train) < cfg.update_batch_size:
+        raise ConfigError(f"batch_size: {cfg.batch_size}"
+                          f"{f' x accumulate {cfg.accumulate}' if cfg.accumulate > 1 else ''} "
+                          f"is larger than the {len(train)} "
                           f"training images in {train.source}")
     return cfg, train, val, test
 

@@ -29,9 +29,12 @@ def test_bench_all_quick_writes_every_part(tmp_path):
     # Every step split on the worker that ran it; the second worker adds an all-reduce.
     scaling = json.loads(next(tmp_path.glob("scaling-*-quick.json")).read_text())
     rows = {r["label"]: r for r in scaling["measured"]}
-    assert list(rows) == [f"1x{scaling['cores']}", "1x1", "2x1"]
+    assert list(rows) == [f"1x{scaling['cores']}", "1x1", "2x1", "2x1 accumulate 2"]
     assert all(r["compute_s"] > 0 and r["step_s"] > 0 for r in rows.values())
-    assert [len(r["ranks"]) for r in rows.values()] == [1, 1, 2]
+    assert [len(r["ranks"]) for r in rows.values()] == [1, 1, 2, 2]
+    # Two micro-batches per update under MultiWorkerMirroredStrategy: twice the images.
+    assert [r["images_per_update"] for r in rows["2x1 accumulate 2"]["ranks"]] == \
+        [2 * rows["2x1"]["per_worker_batch"]] * 2
     assert rows["2x1"]["ranks"][1]["strategy"] == "MultiWorkerMirroredStrategy"
     assert rows["2x1"]["ranks"][0]["intra_op_threads"] == 1
     reference = rows[f"1x{scaling['cores']}"]

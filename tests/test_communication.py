@@ -95,3 +95,54 @@ def test_scaling_model_ring_all_reduce_and_calibration_round_trip():
     # full overlap hides communication shorter than the compute
     assert predict(4, 32, 0.1, grad, 10, latency_s=0, overlap=1)["efficiency"] == 1
     assert fitted_gbit_per_s(2, grad, ring_allreduce_s(2, grad, 3.5, 0)) == pytest.approx(3.5)
+
+
+def test_accumulation_applies_the_mean_of_its_micro_batch_gradients():
+    """accumulate=2 on a batch of 16 takes one Adam step with the mean of the two halves'
+    gradients: the same weights as computing each half by hand and averaging."""
+    from resnet_ray.keras_backend import keras, tf
+    from resnet_ray.train import build_compiled
+
+    rng = np.random.default_rng(0)
+    x = rng.random((16, 64, 64, 3), np.float32)
+    y = np.eye(6, dtype=np.float32)[rng.integers(0, 6, 16)]
+    cfg = dict(model="tiny", data="-", lr=0.01, lr_schedule="constant", warmup_epochs=0,
+               batch_size=8)
+    keras.utils.set_random_seed(0)
+    acc, _ = build_compiled(TrainConfig(**cfg, accumulate=2, lr_scaling="none"), 10)
+    keras.utils.set_random_seed(0)
+    ref, ref_opt = build_compiled(TrainConfig(**cfg), 10)
+    assert type(acc).__name__ == "Accumulating" and [w.name for w in acc.weights] == \
+        [w.name for w in ref.weights]
+    logs = acc.train_on_batch(x, y, return_dict=True)
+    grads = []
+    for half in (slice(0, 8), slice(8, 16)):
+        xs, ys = tf.constant(x[half]), tf.constant(y[half])
+        with tf.GradientTape() as tape:
+            loss = ref.compute_loss(xs, ys, ref(xs, training=True))
+        grads.append(tape.gradient(loss, ref.trainable_variables))
+    ref_opt.apply_gradients(zip([(a + b) / 2 for a, b in zip(*grads)],
+                                ref.trainable_variables))
+    assert int(acc.optimizer.iterations) == 1
+    compared = 0
+    for a, b in zip(acc.weights, ref.weights):  # BatchNormalization's moving stats too
+        # A conv bias feeding BatchNormalization has a true gradient of 0; Adam turns its
+        # rounding noise (which depends on the order of the sums) into full-size steps.
+        if "bias" in a.name and not a.name.startswith("fc"):
+            continue
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-6, err_msg=a.name)
+        compared += 1
+    assert compared > len(acc.weights) / 2
+    assert set(logs) == {"loss", "accuracy"} and logs["loss"] > 0
+
+
+def test_accumulation_scales_the_learning_rate_and_the_update_batch():
+    cfg = TrainConfig(batch_size=32, num_workers=2, accumulate=4, lr=1e-3)
+    assert (cfg.per_worker_batch_size, cfg.update_batch_size) == (16, 128)
+    assert cfg.update_lr == pytest.approx(4e-3)
+    assert TrainConfig(accumulate=4, lr_scaling="sqrt").update_lr == pytest.approx(2e-3)
+    assert TrainConfig(accumulate=4, lr_scaling="none").update_lr == pytest.approx(1e-3)
+    assert TrainConfig(accumulate=1).update_lr == TrainConfig().lr
+    for field, value in (("accumulate", 0), ("lr_scaling", "cubic")):
+        with pytest.raises(ConfigError, match=field):
+            TrainConfig(**{field: value}).validate()
