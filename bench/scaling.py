@@ -1,5 +1,6 @@
 """Data-parallel scaling (issue 10): each training step split into compute, all-reduce and
-idle time on real Ray Train workers, and a model that predicts images/s for N workers.
+the rest (the weight update and idle time) on real Ray Train workers, and a model that predicts
+images/s for N workers.
 
 python -m bench.scaling [--quick] [--workers 2,3,4] [--batch 16] [--out PATH]
 
@@ -67,8 +68,8 @@ def split_loop(config: dict) -> None:
     """One Ray Train worker: time, on this worker, (a) the forward and backward pass alone,
     (b) the gradient all-reduce alone (the optimizer's own, so the communication options and
     dtype are the product's), (c) the whole training step as fit runs it. What (c) has beyond
-    (a) + (b) is idle time: waiting for the slower worker, or the runtime's own overhead; a
-    negative remainder is communication hidden behind the backward pass."""
+    (a) + (b) is the rest: Adam's update of the weights, waiting for the slower worker, the
+    runtime's own overhead; a negative rest is communication hidden behind the backward pass."""
     import json
     import statistics
     import time
@@ -259,8 +260,9 @@ def run(quick: bool = False, workers: list[int] | None = None, batch: int = 16,
 
 def markdown(report: dict) -> str:
     lines = [f"Gradients: {report['gradient_mb']:.1f} MiB float32 per step. Median of each "
-             "phase on rank 0; idle = step - compute - all-reduce.", "",
-             "| setup | per-worker batch | compute s | all-reduce s | idle s | step s | "
+             "phase on rank 0; rest = step - compute - all-reduce: Adam's update, waiting for "
+             "the slower worker, the runtime.", "",
+             "| setup | per-worker batch | compute s | all-reduce s | rest s | step s | "
              "images/s | x 1 worker |", "|---|---|---|---|---|---|---|---|"]
     for r in report["measured"]:
         batch = f"{r['per_worker_batch']}" + (f" x {r['accumulate']}"
