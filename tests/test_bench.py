@@ -16,7 +16,7 @@ pytestmark = pytest.mark.ray
 def test_bench_all_quick_writes_every_part(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bench", "all", "--quick",
                            "--out-dir", str(tmp_path)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=1200)
+                          text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     train = json.loads(next(tmp_path.glob("train-overhead-*-quick.json")).read_text())
     setups = [row["setup"] for row in train["summary"]]
