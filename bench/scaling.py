@@ -12,11 +12,12 @@ compute per worker shrinks. Two workers are also measured with the communication
 (float16 gradients, 8 MiB packs) and with TensorFlow's own thread pools (the state before
 train.limit_threads).
 
-The model: a step takes b x t_img of compute (times N / cores where workers share cores) plus
-a ring all-reduce of S gradient bytes, 2 (N-1)/N x S / bandwidth + 2 (N-1) x latency, plus the
-runtime's overhead per step. Calibrated on 1x1 and 2x1 (t_img, loopback's bandwidth, the
-overhead), it is checked against the 3- and 4-worker measurements and predicts N = 1..64
-workers on 1, 10 and 100 Gbit/s links, for this CPU and for a GPU worker.
+The model: an update takes a worker's compute (b images x t_img) plus a ring all-reduce of S
+gradient bytes, 2 (N-1)/N x S / bandwidth + 2 (N-1) x latency, plus the runtime's overhead per
+update. Calibrated on 2x1 (loopback's bandwidth, the overhead), it predicts every other
+multi-worker setup from that setup's compute time and bytes (3 and 4 workers, float16,
+accumulation) and, from one core's t_img, N = 1..64 workers on 1, 10 and 100 Gbit/s links,
+for this CPU and for a GPU worker.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ LATENCY_S = 50e-6  # per ring hop on a data-centre network; loopback's is fitted
 # A GPU worker for the "what if": a V100-class GPU trains ResNet-50 at 224x224 at about 400
 # images/s in float32; at 64x64 the work per image is (64/224)^2 of that.
 GPU_IMAGES_PER_S = 400 * (224 / 64) ** 2
+# What the predictions are for: (images per worker per all-reduce, share of float32's bytes).
+PREDICTION_SETTINGS = {
+    "per-worker batch 16 (the default 32 over 2), float32 gradients": (16, 1.0),
+    "per-worker batch 16 x accumulate 4, float16 gradients": (64, 0.5),
+}
 
 
 def ring_allreduce_s(n: int, grad_bytes: float, gbit_per_s: float, latency_s: float) -> float:
@@ -78,7 +84,7 @@ def split_loop(config: dict) -> None:
 
     from resnet_ray.config import TrainConfig
     from resnet_ray.keras_backend import tf
-    from resnet_ray.train import build_compiled, limit_threads, make_strategy
+    from resnet_ray.train import build_compiled, limit_threads, make_strategy, summed_gradients
 
     cfg = TrainConfig.from_dict(config["config"])
     if config["limit_threads"]:
@@ -100,13 +106,7 @@ def split_loop(config: dict) -> None:
         return tf.add_n([tf.reduce_sum(t) for t in tensors])
 
     def gradients():
-        total = None
-        for xs, ys in zip(tf.split(x, k), tf.split(y, k)):
-            with tf.GradientTape() as tape:
-                loss = model.compiled_loss(ys, model(xs, training=True))
-            grads = tape.gradient(loss, variables)
-            total = grads if total is None else [a + g for a, g in zip(total, grads)]
-        return total
+        return summed_gradients(model, x, y, k, model.compiled_loss)[0]
 
     phases = {
         "compute": tf.function(lambda: strategy.run(lambda: checksum(gradients()))),
@@ -159,7 +159,7 @@ def measure_split(model: str, workers: int, cpus_per_worker: float, per_worker_b
            "per_worker_batch": per_worker_batch, "limit_threads": limit, **comm}
     for key in ("compute_s", "allreduce_s", "step_s"):
         row[key] = ranks[0][key]
-    row["idle_s"] = row["step_s"] - row["compute_s"] - row["allreduce_s"]
+    row["rest_s"] = row["step_s"] - row["compute_s"] - row["allreduce_s"]
     row["images_per_s"] = workers * per_worker_batch * cfg.accumulate / row["step_s"]
     row["ranks"] = ranks
     return row
@@ -185,30 +185,40 @@ def local_setups(quick: bool, workers: list[int], batch: int, cores: int) -> lis
                    {"label": "2x1 accumulate 4", **two, "accumulate": 4},
                    {"label": "2x1 float16, accumulate 2", **two, "allreduce_dtype": "float16",
                     "accumulate": 2},
+                   {"label": "2x1 float16, accumulate 4", **two, "allreduce_dtype": "float16",
+                    "accumulate": 4},
                    {"label": "2x1 TF default threads", **two, "limit": False}]
     return setups
 
 
 def scaling_model(rows: list[dict], grad_bytes: float, cores: int) -> dict:
-    """Calibrate on 1x1 (compute per image on one core) and 2x1 (loopback bandwidth, and
-    the runtime overhead per step); predict every measured local setup from them."""
+    """Calibrate on 2x1 (loopback's all-reduce bandwidth and the overhead per step beyond
+    compute and all-reduce) and predict every other measured multi-worker setup from its own
+    compute time, its gradient bytes and its worker count, as the model predicts a cluster
+    from one worker's compute time. The same prediction from 1x1's compute time alone shows
+    what sharing the cores costs: workers beyond the cores compute slower than the share of
+    a core they get."""
     one = next(r for r in rows if r["label"] == "1x1")
     two = next(r for r in rows if r["label"] == "2x1")
     s_per_image = one["compute_s"] / one["per_worker_batch"]
     gbit = fitted_gbit_per_s(2, grad_bytes, two["allreduce_s"])
-    overhead = max(0.0, two["idle_s"])
+    overhead = max(0.0, two["rest_s"])
     checks = []
     for r in rows:
-        if r["label"] != f"{r['workers']}x{cores / r['workers']:g}" or r["workers"] < 2:
+        if r["workers"] < 2 or r["label"] == "2x1" or not r.get("limit_threads", True):
             continue
-        n, b = r["workers"], r["per_worker_batch"]
-        # Workers beyond the cores share them: each computes at cores/n of a core.
-        compute = b * s_per_image * max(1.0, n / cores)
-        step = compute + ring_allreduce_s(n, grad_bytes, gbit, 0.0) + overhead
-        predicted = n * b / step
+        n, k = r["workers"], r.get("accumulate", 1)
+        images = r["per_worker_batch"] * k
+        sent = grad_bytes * (0.5 if r.get("allreduce_dtype", "float32") != "float32" else 1)
+        comm = ring_allreduce_s(n, sent, gbit, 0.0)
+        predicted = n * images / (r["compute_s"] + comm + overhead)
+        # From one core's speed: workers beyond the cores each get cores/n of one.
+        naive = n * images / (images * s_per_image * max(1.0, n / cores) + comm + overhead)
         checks.append({"setup": r["label"], "measured_images_per_s": r["images_per_s"],
                        "predicted_images_per_s": predicted,
-                       "error": predicted / r["images_per_s"] - 1})
+                       "error": predicted / r["images_per_s"] - 1,
+                       "predicted_from_one_core": naive,
+                       "error_from_one_core": naive / r["images_per_s"] - 1})
     return {"s_per_image_one_core": s_per_image, "loopback_gbit_per_s": gbit,
             "overhead_s_per_step": overhead, "checks": checks}
 
@@ -248,9 +258,10 @@ def run(quick: bool = False, workers: list[int] | None = None, batch: int = 16,
                                 ("GPU (V100-class)", 1 / GPU_IMAGES_PER_S)):
         for gbit in LINKS_GBIT:
             for n in WORKERS:
-                for b in (32, 128):
-                    table.append({"worker": worker, "link_gbit": gbit, "per_worker_batch": b,
-                                  **predict(n, b, s_per_image, grad_bytes, gbit)})
+                for setting, (images, bytes_share) in PREDICTION_SETTINGS.items():
+                    table.append({"worker": worker, "link_gbit": gbit, "setting": setting,
+                                  "images_per_update": images, **predict(
+                                      n, images, s_per_image, grad_bytes * bytes_share, gbit)})
     report = {"part": "scaling", "date": str(date.today()), "quick": quick, "cores": cores,
               "model": model_name, "gradient_mb": grad_bytes / 2 ** 20, "measured": rows,
               "scaling_model": model, "predictions": table}
@@ -268,27 +279,31 @@ def markdown(report: dict) -> str:
         batch = f"{r['per_worker_batch']}" + (f" x {r['accumulate']}"
                                               if r.get("accumulate", 1) > 1 else "")
         lines.append(f"| {r['label']} | {batch} | {r['compute_s']:.2f} | "
-                     f"{r['allreduce_s']:.2f} | {r['idle_s']:.2f} | {r['step_s']:.2f} | "
+                     f"{r['allreduce_s']:.2f} | {r['rest_s']:.2f} | {r['step_s']:.2f} | "
                      f"{r['images_per_s']:.1f} | {r['vs_one_worker_all_cores']:.2f} |")
     m = report["scaling_model"]
-    lines += ["", f"Scaling model, calibrated on 1x1 and 2x1: {1000 * m['s_per_image_one_core']:.0f}"
-                  f" ms per image on one core, loopback all-reduce at "
+    lines += ["", f"Scaling model, calibrated on 2x1: loopback all-reduce at "
                   f"{m['loopback_gbit_per_s']:.2f} Gbit/s, {m['overhead_s_per_step']:.2f} s "
-                  "overhead per step.", "",
-              "| setup | measured images/s | predicted | error |", "|---|---|---|---|"]
+                  "overhead per step; each setup predicted from its own compute time, and "
+                  f"from one core's ({1000 * m['s_per_image_one_core']:.0f} ms per image, "
+                  "shared by workers beyond the cores).", "",
+              "| setup | measured images/s | predicted | error | from one core | error |",
+              "|---|---|---|---|---|---|"]
     for c in m["checks"]:
         lines.append(f"| {c['setup']} | {c['measured_images_per_s']:.1f} | "
-                     f"{c['predicted_images_per_s']:.1f} | {100 * c['error']:+.0f}% |")
-    lines += ["", "Predicted efficiency (images/s as a share of N x one worker's), per-worker "
-                  "batch 32:", "", "| worker | link | " +
-              " | ".join(f"N={n}" for n in WORKERS) + " |",
-              "|---|---|" + "---|" * len(WORKERS)]
-    for worker in dict.fromkeys(r["worker"] for r in report["predictions"]):
-        for gbit in LINKS_GBIT:
-            cells = [r for r in report["predictions"] if r["worker"] == worker and
-                     r["link_gbit"] == gbit and r["per_worker_batch"] == 32]
-            lines.append(f"| {worker} | {gbit} Gbit/s | " +
-                         " | ".join(f"{100 * c['efficiency']:.0f}%" for c in cells) + " |")
+                     f"{c['predicted_images_per_s']:.1f} | {100 * c['error']:+.0f}% | "
+                     f"{c['predicted_from_one_core']:.1f} | "
+                     f"{100 * c['error_from_one_core']:+.0f}% |")
+    for title, setting in PREDICTION_SETTINGS.items():
+        lines += ["", f"Predicted efficiency (images/s as a share of N x one worker's), {title}:",
+                  "", "| worker | link | " + " | ".join(f"N={n}" for n in WORKERS) + " |",
+                  "|---|---|" + "---|" * len(WORKERS)]
+        for worker in dict.fromkeys(r["worker"] for r in report["predictions"]):
+            for gbit in LINKS_GBIT:
+                cells = [r for r in report["predictions"] if r["worker"] == worker and
+                         r["link_gbit"] == gbit and r["setting"] == setting]
+                lines.append(f"| {worker} | {gbit} Gbit/s | " +
+                             " | ".join(f"{100 * c['efficiency']:.0f}%" for c in cells) + " |")
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """Training overhead of Ray Train against plain Keras `fit` (issue 8, part 1).
 
 python -m bench.train_overhead [--quick] [--images 256] [--epochs 3] [--rounds 2] [--out PATH]
+    [--allreduce-dtype float16 --accumulate 4 ...] [--setups "ray 1x2,ray 2x1 float16"]
 
 Three setups train the same model on the same data with the same global batch and epochs:
 plain Keras `fit` in one process (no Ray), Ray Train with 1 worker using every CPU, and Ray
@@ -10,6 +11,10 @@ alike. Steady state is the median epoch time from epoch 2 on, as fit measures it
 and checkpoint writing, done between epochs, are not in it); the fixed cost is everything else
 in the process's wall time: imports, Ray and worker start, the first epoch's graph tracing
 beyond a steady epoch, validation, checkpoints, shutdown.
+
+Communication options (issue 10) add a fourth setup, one worker per CPU with those options,
+and the ratio of every setup to Ray Train's 1 worker x all CPUs; --setups keeps only the named
+setups (each name as printed, or its start).
 
 --quick trains the tiny model on a few images for 2 epochs: seconds, to keep the harness
 working (tests/test_bench.py), not to measure anything.
@@ -33,10 +38,30 @@ from .common import epoch_timer, result_path, write_report
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _setups(cpus: int) -> list[dict]:
-    return [{"setup": "keras", "num_workers": 0, "cpus_per_worker": cpus},
-            {"setup": f"ray 1x{cpus}", "num_workers": 1, "cpus_per_worker": cpus},
-            {"setup": f"ray {cpus}x1", "num_workers": cpus, "cpus_per_worker": 1}]
+def _setups(cpus: int, options: dict | None = None) -> list[dict]:
+    setups = [{"setup": "keras", "num_workers": 0, "cpus_per_worker": cpus},
+              {"setup": f"ray 1x{cpus}", "num_workers": 1, "cpus_per_worker": cpus},
+              {"setup": f"ray {cpus}x1", "num_workers": cpus, "cpus_per_worker": 1}]
+    if options:
+        name = ", ".join(str(v) if k == "allreduce_dtype" else f"{k.replace('_', ' ')} {v}"
+                         for k, v in options.items())
+        setups.append({"setup": f"ray {cpus}x1 {name}", "num_workers": cpus,
+                       "cpus_per_worker": 1, "options": options})
+    return setups
+
+
+def select(setups: list[dict], names: str | None) -> list[dict]:
+    if not names:
+        return setups
+    chosen = []
+    for want in (n.strip() for n in names.split(",") if n.strip()):
+        # "ray 2x1" is a setup of its own and the start of the one with options.
+        found = [s for s in setups if s["setup"] == want] or \
+            [s for s in setups if s["setup"].startswith(want)]
+        if not found:
+            raise SystemExit(f"--setups: no setup {want!r} among {[s['setup'] for s in setups]}")
+        chosen += [s for s in found if s not in chosen]
+    return sorted(chosen, key=setups.index)
 
 
 def child_keras(cfg_dict: dict) -> dict:
@@ -75,7 +100,7 @@ def child_ray(cfg_dict: dict) -> dict:
 
 def run_setup(setup: dict, base: dict, work: Path) -> dict:
     """One setup in a fresh process; its wall time includes every start-up cost."""
-    cfg = {**base, "num_workers": setup["num_workers"],
+    cfg = {**base, **setup.get("options", {}), "num_workers": setup["num_workers"],
            "cpus_per_worker": setup["cpus_per_worker"],
            "storage": str(work / "runs"), "name": f"{setup['setup'].replace(' ', '-')}-"
                                                  f"{time.time_ns()}"}
@@ -104,24 +129,32 @@ def summarize(runs: list[dict]) -> list[dict]:
                      "fixed_s": statistics.median(r["fixed_s"] for r in mine),
                      "first_epoch_extra_s": statistics.median(
                          r["first_epoch_extra_s"] for r in mine)})
-    keras_rate = rows[0]["steady_images_per_s"]
+    rates = {r["setup"]: r["steady_images_per_s"] for r in rows}
+    ray_one = next((r for r in rates if r.startswith("ray 1x")), None)
     for row in rows:
-        row["vs_keras"] = row["steady_images_per_s"] / keras_rate
+        if "keras" in rates:
+            row["vs_keras"] = row["steady_images_per_s"] / rates["keras"]
+        if ray_one:
+            row["vs_ray_one_worker"] = row["steady_images_per_s"] / rates[ray_one]
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| setup | steady images/s | x plain Keras | fixed start-up s | first-epoch extra s |",
-             "|---|---|---|---|---|"]
+    def ratio(r, key):
+        return f"{r[key]:.2f}" if key in r else "-"
+
+    lines = ["| setup | steady images/s | x plain Keras | x Ray 1 worker | fixed start-up s | "
+             "first-epoch extra s |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['setup']} | {r['steady_images_per_s']:.1f} | {r['vs_keras']:.2f} | "
+        lines.append(f"| {r['setup']} | {r['steady_images_per_s']:.1f} | "
+                     f"{ratio(r, 'vs_keras')} | {ratio(r, 'vs_ray_one_worker')} | "
                      f"{r['fixed_s']:.0f} | {r['first_epoch_extra_s']:.1f} |")
     return "\n".join(lines)
 
 
 def run(quick: bool = False, images: int | None = None, epochs: int | None = None,
         rounds: int | None = None, batch_size: int = 32, cpus: int | None = None,
-        out: str | None = None) -> dict:
+        out: str | None = None, options: dict | None = None, setups: str | None = None) -> dict:
     from resnet_ray.data import write_signs_dir
     from resnet_ray.synth import synth_data
 
@@ -141,7 +174,7 @@ def run(quick: bool = False, images: int | None = None, epochs: int | None = Non
                 "val_fraction": 0.0}
         runs = []
         for round_ in range(rounds):
-            for setup in _setups(cpus):
+            for setup in select(_setups(cpus, options), setups):
                 result = run_setup(setup, base, work)
                 result["round"] = round_ + 1
                 print(json.dumps(result), flush=True)
@@ -150,6 +183,7 @@ def run(quick: bool = False, images: int | None = None, epochs: int | None = Non
     report = {"part": "train_overhead", "date": str(date.today()), "quick": quick,
               "model": base["model"], "images_per_epoch": images, "epochs": epochs,
               "global_batch": batch_size, "cpus": cpus, "rounds": rounds,
+              "options": options or {},
               "summary": rows, "runs": runs}
     write_report(report, result_path(out, "train-overhead", quick), markdown(rows))
     return report
@@ -164,14 +198,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="global batch")
     parser.add_argument("--cpus", type=int, help="default: this machine's CPU count")
     parser.add_argument("--out", help="JSON path (a .md table is written beside it)")
+    parser.add_argument("--allreduce-dtype", choices=("float16", "bfloat16"))
+    parser.add_argument("--allreduce-pack-mb", type=float)
+    parser.add_argument("--accumulate", type=int)
+    parser.add_argument("--lr-scaling", choices=("linear", "sqrt", "none"))
+    parser.add_argument("--setups", help="comma-separated setup names to run (default: all)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    options = {k: getattr(args, k) for k in ("allreduce_dtype", "allreduce_pack_mb",
+                                             "accumulate", "lr_scaling")
+               if getattr(args, k) is not None}
     if args.child:
         cfg = json.loads(args.child)
         result = child_keras(cfg) if cfg["num_workers"] == 0 else child_ray(cfg)
         print(json.dumps(result), flush=True)
         return
-    run(args.quick, args.images, args.epochs, args.rounds, args.batch_size, args.cpus, args.out)
+    run(args.quick, args.images, args.epochs, args.rounds, args.batch_size, args.cpus, args.out,
+        options, args.setups)
 
 
 if __name__ == "__main__":

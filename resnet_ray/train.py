@@ -218,6 +218,26 @@ def build_compiled(cfg: TrainConfig, steps_per_epoch: int | None = None):
     return model, optimizer
 
 
+def summed_gradients(model, x, y, micro_batches: int, loss_fn):
+    """The sum over micro_batches equal slices of (x, y) of loss_fn(y, model(x))'s gradients,
+    one slice after the other, and the training-mode predictions of each."""
+    from .keras_backend import tf
+
+    total, preds = None, []
+    for xs, ys in zip(tf.split(x, micro_batches), tf.split(y, micro_batches)):
+        # Nothing orders the slices' passes in the graph: without this the executor may
+        # interleave them and hold several slices' activations at once.
+        with tf.control_dependencies(total or []):
+            xs = tf.identity(xs)
+        with tf.GradientTape() as tape:
+            pred = model(xs, training=True)
+            loss = loss_fn(ys, pred)
+        grads = tape.gradient(loss, model.trainable_variables)
+        total = grads if total is None else [a + g for a, g in zip(total, grads)]
+        preds.append(pred)
+    return total, preds
+
+
 def accumulating(model, micro_batches: int):
     """The same layers (and weights, names, files) in a model whose train step splits each
     batch into micro_batches, sums their gradients, and applies the mean once: one gradient
@@ -228,18 +248,12 @@ def accumulating(model, micro_batches: int):
     class Accumulating(keras.Model):
         def train_step(self, data):
             x, y = data
-            total = None
-            for xs, ys in zip(tf.split(x, micro_batches), tf.split(y, micro_batches)):
-                with tf.GradientTape() as tape:
-                    pred = self(xs, training=True)
-                    loss = self.compute_loss(xs, ys, pred)
-                grads = tape.gradient(loss, self.trainable_variables)
-                total = grads if total is None else [a + g for a, g in zip(total, grads)]
-                # As Keras' own step: the metrics see the training-mode predictions.
-                results = self.compute_metrics(xs, ys, pred, None)
+            total, preds = summed_gradients(
+                self, x, y, micro_batches, lambda ys, pred: self.compute_loss(None, ys, pred))
             self.optimizer.apply_gradients(
                 zip([g / micro_batches for g in total], self.trainable_variables))
-            return results
+            # As Keras' own step: the metrics see the training-mode predictions.
+            return self.compute_metrics(x, y, tf.concat(preds, 0), None)
 
     return Accumulating(inputs=model.inputs, outputs=model.outputs, name=model.name)
 
@@ -255,7 +269,8 @@ def optimizer_class(cfg: TrainConfig):
     half the bytes on the wire; the summed gradients come back as float32 for the update."""
     from .keras_backend import keras, tf
 
-    if cfg.allreduce_dtype == "float32":
+    if cfg.allreduce_dtype == "float32" or cfg.num_workers <= 1:
+        # One worker all-reduces with nobody: rounding its gradients would only change them.
         return keras.optimizers.Adam
     dtype = tf.as_dtype(cfg.allreduce_dtype)
     scale = FLOAT16_GRADIENT_SCALE if dtype == tf.float16 else 1.0

@@ -40,7 +40,10 @@ def test_bench_all_quick_writes_every_part(tmp_path):
     reference = rows[f"1x{scaling['cores']}"]
     assert reference["per_worker_batch"] == 2 * rows["2x1"]["per_worker_batch"]
     assert reference["vs_one_worker_all_cores"] == 1.0
-    assert [c["setup"] for c in scaling["scaling_model"]["checks"]] == ["2x1"]
+    # Calibrated on 2x1, the model is checked on the rest: here the accumulating pair.
+    checks = scaling["scaling_model"]["checks"]
+    assert [c["setup"] for c in checks] == ["2x1 accumulate 2"]
+    assert checks[0]["predicted_images_per_s"] > 0
     assert {p["workers"] for p in scaling["predictions"]} == {1, 2, 4, 8, 16, 32, 64}
     serve = json.loads(next(tmp_path.glob("serve-*-quick.json")).read_text())
     assert {(r["batching"], r["concurrency"]) for r in serve["rows"]} == {
@@ -78,3 +81,17 @@ def test_bench_all_quick_writes_every_part(tmp_path):
                                        "accuracy"]
     assert combined["parts"]["tune"] == {**tune, "bench_s": combined["parts"]["tune"]["bench_s"]}
     assert "## serve" in next(tmp_path.glob("2*-quick.md")).read_text()
+
+
+def test_train_bench_adds_and_selects_a_setup_with_communication_options():
+    from bench.train_overhead import _setups, select
+
+    setups = _setups(2, {"allreduce_dtype": "float16", "accumulate": 4})
+    assert setups[-1] == {"setup": "ray 2x1 float16, accumulate 4", "num_workers": 2,
+                          "cpus_per_worker": 1,
+                          "options": {"allreduce_dtype": "float16", "accumulate": 4}}
+    assert [s["setup"] for s in select(setups, "ray 2x1 float16, ray 1x2")] == \
+        ["ray 1x2", "ray 2x1 float16, accumulate 4"]
+    assert [s["setup"] for s in select(setups, "ray 2x1")] == ["ray 2x1"]
+    with pytest.raises(SystemExit, match="no setup 'ray 4x1'"):
+        select(setups, "ray 4x1")

@@ -73,6 +73,16 @@ def test_compressed_gradients_sum_to_the_float32_sum(dtype, tolerance, tmp_path)
     assert 0 < error < tolerance, error  # 0 would mean nothing was compressed
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_one_worker_keeps_float32_gradients(workers):
+    """Nothing to all-reduce: a 1-worker run with --allreduce-dtype trains as without it."""
+    from resnet_ray.keras_backend import keras
+    from resnet_ray.train import optimizer_class
+
+    cfg = TrainConfig(model="tiny", data="-", num_workers=workers, allreduce_dtype="float16")
+    assert optimizer_class(cfg) is keras.optimizers.Adam
+
+
 @pytest.mark.parametrize("field, value", [("allreduce_dtype", "int8"),
                                           ("allreduce_pack_mb", -1.0)])
 def test_bad_communication_options_are_named(field, value):
@@ -146,3 +156,19 @@ def test_accumulation_scales_the_learning_rate_and_the_update_batch():
     for field, value in (("accumulate", 0), ("lr_scaling", "cubic")):
         with pytest.raises(ConfigError, match=field):
             TrainConfig(**{field: value}).validate()
+
+
+def test_cli_passes_the_communication_options_to_the_config():
+    """Every communication option a user types reaches the TrainConfig the workers get."""
+    from resnet_ray.cli import _train_config, build_parser
+
+    args = build_parser().parse_args(
+        ["train", "--data", "d", "--num-workers", "2", "--allreduce-dtype", "float16",
+         "--allreduce-pack-mb", "8", "--accumulate", "4", "--lr-scaling", "sqrt"])
+    cfg = _train_config(args)
+    assert (cfg.allreduce_dtype, cfg.allreduce_pack_mb, cfg.accumulate, cfg.lr_scaling) == \
+        ("float16", 8.0, 4, "sqrt")
+    assert cfg.update_batch_size == 4 * cfg.batch_size
+    assert cfg.update_lr == pytest.approx(2 * cfg.lr)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--data", "d", "--lr-scaling", "cubic"])
