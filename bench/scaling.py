@@ -43,6 +43,7 @@ GPU_IMAGES_PER_S = 400 * (224 / 64) ** 2
 PREDICTION_SETTINGS = {
     "per-worker batch 16 (the default 32 over 2), float32 gradients": (16, 1.0),
     "per-worker batch 16 x accumulate 4, float16 gradients": (64, 0.5),
+    "per-worker batch 256 (a GPU's usual), float16 gradients": (256, 0.5),
 }
 
 
@@ -249,6 +250,14 @@ def run(quick: bool = False, workers: list[int] | None = None, batch: int = 16,
             rows.append(row)
     finally:
         ray.shutdown()
+    report = analyse(rows, cores, model_name, grad_bytes, quick)
+    write_report(report, result_path(out, "scaling", quick), markdown(report))
+    return report
+
+
+def analyse(rows: list[dict], cores: int, model_name: str, grad_bytes: float,
+            quick: bool = False, measured_on: str | None = None) -> dict:
+    """The report: the measured rows, the scaling model calibrated on them, its predictions."""
     model = scaling_model(rows, grad_bytes, cores)
     reference = next(r for r in rows if r["label"] == f"1x{cores}")
     for r in rows:
@@ -262,10 +271,22 @@ def run(quick: bool = False, workers: list[int] | None = None, batch: int = 16,
                     table.append({"worker": worker, "link_gbit": gbit, "setting": setting,
                                   "images_per_update": images, **predict(
                                       n, images, s_per_image, grad_bytes * bytes_share, gbit)})
-    report = {"part": "scaling", "date": str(date.today()), "quick": quick, "cores": cores,
-              "model": model_name, "gradient_mb": grad_bytes / 2 ** 20, "measured": rows,
-              "scaling_model": model, "predictions": table}
-    write_report(report, result_path(out, "scaling", quick), markdown(report))
+    return {"part": "scaling", "date": measured_on or str(date.today()), "quick": quick,
+            "cores": cores, "model": model_name, "gradient_mb": grad_bytes / 2 ** 20,
+            "measured": rows, "scaling_model": model, "predictions": table}
+
+
+def remodel(path: str, out: str | None) -> dict:
+    """Re-derive the model and predictions from an earlier run's measurements (no Ray)."""
+    old = json.loads(Path(path).read_text())
+    rows = old["measured"]
+    for r in rows:
+        if "idle_s" in r:  # the name before 2026-11-29's second run
+            r["rest_s"] = r.pop("idle_s")
+    report = analyse(rows, old["cores"], old["model"], old["gradient_mb"] * 2 ** 20,
+                     old["quick"], old["date"])
+    report["remodelled_from"] = path
+    write_report(report, Path(out) if out else Path(path), markdown(report))
     return report
 
 
@@ -294,14 +315,14 @@ def markdown(report: dict) -> str:
                      f"{c['predicted_images_per_s']:.1f} | {100 * c['error']:+.0f}% | "
                      f"{c['predicted_from_one_core']:.1f} | "
                      f"{100 * c['error_from_one_core']:+.0f}% |")
-    for title, setting in PREDICTION_SETTINGS.items():
+    for title in PREDICTION_SETTINGS:
         lines += ["", f"Predicted efficiency (images/s as a share of N x one worker's), {title}:",
                   "", "| worker | link | " + " | ".join(f"N={n}" for n in WORKERS) + " |",
                   "|---|---|" + "---|" * len(WORKERS)]
         for worker in dict.fromkeys(r["worker"] for r in report["predictions"]):
             for gbit in LINKS_GBIT:
                 cells = [r for r in report["predictions"] if r["worker"] == worker and
-                         r["link_gbit"] == gbit and r["setting"] == setting]
+                         r["link_gbit"] == gbit and r["setting"] == title]
                 lines.append(f"| {worker} | {gbit} Gbit/s | " +
                              " | ".join(f"{100 * c['efficiency']:.0f}%" for c in cells) + " |")
     return "\n".join(lines)
@@ -314,7 +335,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=16,
                         help="per-worker batch (16: the default global batch 32 over 2)")
     parser.add_argument("--out", help="JSON path (a .md table is written beside it)")
+    parser.add_argument("--remodel", metavar="JSON",
+                        help="measure nothing: recompute the model and predictions from an "
+                             "earlier run's JSON (rewritten in place unless --out)")
     args = parser.parse_args(argv)
+    if args.remodel:
+        remodel(args.remodel, args.out)
+        return
     run(args.quick, [int(w) for w in args.workers.split(",")] if args.workers else None,
         args.batch, args.out)
 

@@ -27,7 +27,8 @@ def test_bench_all_quick_writes_every_part(tmp_path):
     assert len(train["runs"]) == 3 and all(len(r["epoch_times_s"]) == 2 for r in train["runs"])
     assert "| keras |" in next(tmp_path.glob("train-overhead-*-quick.md")).read_text()
     # Every step split on the worker that ran it; the second worker adds an all-reduce.
-    scaling = json.loads(next(tmp_path.glob("scaling-*-quick.json")).read_text())
+    scaling_json = next(tmp_path.glob("scaling-*-quick.json"))
+    scaling = json.loads(scaling_json.read_text())
     rows = {r["label"]: r for r in scaling["measured"]}
     assert list(rows) == [f"1x{scaling['cores']}", "1x1", "2x1", "2x1 accumulate 2"]
     assert all(r["compute_s"] > 0 and r["step_s"] > 0 for r in rows.values())
@@ -45,6 +46,12 @@ def test_bench_all_quick_writes_every_part(tmp_path):
     assert [c["setup"] for c in checks] == ["2x1 accumulate 2"]
     assert checks[0]["predicted_images_per_s"] > 0
     assert {p["workers"] for p in scaling["predictions"]} == {1, 2, 4, 8, 16, 32, 64}
+    # A later model applied to the same measurements gives the same report, and says so.
+    from bench.scaling import remodel
+    again = remodel(str(scaling_json), str(tmp_path / "again.json"))
+    assert again["scaling_model"] == scaling["scaling_model"]
+    assert again["predictions"] == scaling["predictions"]
+    assert again["remodelled_from"] == str(scaling_json)
     serve = json.loads(next(tmp_path.glob("serve-*-quick.json")).read_text())
     assert {(r["batching"], r["concurrency"]) for r in serve["rows"]} == {
         (b, c) for b in ("on", "off") for c in (1, 8, 32)}
