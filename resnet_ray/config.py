@@ -44,9 +44,13 @@ class TrainConfig:
     # 0.9, not Keras' 0.99: with ~30 steps an epoch, 0.99 leaves the moving statistics
     # epochs behind the weights and validation near chance early on (issue 7).
     bn_momentum: float = 0.9
+    # Measured on the 0-5 photos, alone (README "Accuracy"): 0.1 kept validation at 100%
+    # through epochs 11-20 (99.6% mean without), and so did weight decay; only weight decay
+    # is on, because the two together were not measured.
     label_smoothing: float = 0.0
-    # Decoupled weight decay (AdamW) on the conv and dense kernels; 0 is plain Adam.
-    weight_decay: float = 0.0
+    # Decoupled weight decay (AdamW) on the conv and dense kernels (0: plain Adam). At 0.1,
+    # 99% validation at epoch 7 (10 without) and 100% from epoch 11 on; test loss 0.0019.
+    weight_decay: float = 0.1
     # The training recipe beyond the seed's (issue 7), on by default because it measured
     # better on real photos (README "Accuracy"): on-the-fly augmentation strength (0 = none;
     # 1 = shifts and zoom of 10%, rotations of 10 degrees, brightness and contrast of 20%),
