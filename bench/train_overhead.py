@@ -154,7 +154,8 @@ def markdown(rows: list[dict]) -> str:
 
 def run(quick: bool = False, images: int | None = None, epochs: int | None = None,
         rounds: int | None = None, batch_size: int = 32, cpus: int | None = None,
-        out: str | None = None, options: dict | None = None, setups: str | None = None) -> dict:
+        out: str | None = None, options: dict | None = None, setups: str | None = None,
+        weight_decay: float | None = None) -> dict:
     from resnet_ray.data import write_signs_dir
     from resnet_ray.synth import synth_data
 
@@ -172,6 +173,8 @@ def run(quick: bool = False, images: int | None = None, epochs: int | None = Non
         base = {"data": str(work / "data"), "model": "tiny" if quick else "resnet50",
                 "epochs": epochs, "batch_size": batch_size, "keep_checkpoints": 1,
                 "val_fraction": 0.0}
+        if weight_decay is not None:  # for every setup, unlike the communication options
+            base["weight_decay"] = weight_decay
         runs = []
         for round_ in range(rounds):
             for setup in select(_setups(cpus, options), setups):
@@ -183,7 +186,7 @@ def run(quick: bool = False, images: int | None = None, epochs: int | None = Non
     report = {"part": "train_overhead", "date": str(date.today()), "quick": quick,
               "model": base["model"], "images_per_epoch": images, "epochs": epochs,
               "global_batch": batch_size, "cpus": cpus, "rounds": rounds,
-              "options": options or {},
+              "options": options or {}, "weight_decay": base.get("weight_decay"),
               "summary": rows, "runs": runs}
     write_report(report, result_path(out, "train-overhead", quick), markdown(rows))
     return report
@@ -203,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--accumulate", type=int)
     parser.add_argument("--lr-scaling", choices=("linear", "sqrt", "none"))
     parser.add_argument("--setups", help="comma-separated setup names to run (default: all)")
+    parser.add_argument("--weight-decay", type=float, help="for every setup (default: the "
+                        "training default)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     options = {k: getattr(args, k) for k in ("allreduce_dtype", "allreduce_pack_mb",
@@ -214,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(result), flush=True)
         return
     run(args.quick, args.images, args.epochs, args.rounds, args.batch_size, args.cpus, args.out,
-        options, args.setups)
+        options, args.setups, args.weight_decay)
 
 
 if __name__ == "__main__":
