@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from resnet_ray.train import ALLREDUCE_BYTES
+
 from .common import result_path, write_report
 
 LINKS_GBIT = (1, 10, 100)
@@ -210,7 +212,7 @@ def scaling_model(rows: list[dict], grad_bytes: float, cores: int) -> dict:
             continue
         n, k = r["workers"], r.get("accumulate", 1)
         images = r["per_worker_batch"] * k
-        sent = grad_bytes * (0.5 if r.get("allreduce_dtype", "float32") != "float32" else 1)
+        sent = grad_bytes * ALLREDUCE_BYTES[r.get("allreduce_dtype", "float32")] / 4
         comm = ring_allreduce_s(n, sent, gbit, 0.0)
         predicted = n * images / (r["compute_s"] + comm + overhead)
         # From one core's speed: workers beyond the cores each get cores/n of one.

@@ -262,6 +262,8 @@ def accumulating(model, micro_batches: int):
 # to fall below its smallest normal number (6e-5), so they travel scaled by this power of two
 # (exact in any float format) and are scaled back after the sum.
 FLOAT16_GRADIENT_SCALE = 2.0 ** 10
+# Bytes per gradient element on the wire, for each --allreduce-dtype.
+ALLREDUCE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def optimizer_class(cfg: TrainConfig):
@@ -295,7 +297,7 @@ def communication_options(cfg: TrainConfig):
 def communication_line(cfg: TrainConfig, model, world: int) -> str:
     """What each all-reduce sends, for the worker log (issue 10: say which settings ran)."""
     grad_mb = sum(int(np.prod(v.shape)) for v in model.trainable_variables) * \
-        {"float32": 4, "float16": 2, "bfloat16": 2}[cfg.allreduce_dtype] / 2 ** 20
+        ALLREDUCE_BYTES[cfg.allreduce_dtype] / 2 ** 20
     packs = "one pack" if not cfg.allreduce_pack_mb else \
         f"packs of {cfg.allreduce_pack_mb:g} MiB"
     micro = f" x {cfg.accumulate} micro-batches" if cfg.accumulate > 1 else ""
