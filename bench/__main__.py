@@ -23,7 +23,9 @@ PARTS = {"train": ("train-overhead", train_overhead.main), "scaling": ("scaling"
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    # No abbreviations: "--out x.json" would otherwise be taken for --out-dir and made a directory.
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)
     parser.add_argument("part", choices=["all", *PARTS])
     parser.add_argument("--quick", action="store_true", help="tiny model, seconds")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")

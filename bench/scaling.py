@@ -129,6 +129,30 @@ def split_loop(config: dict) -> None:
                 times.append(time.perf_counter() - begin)
         result[f"{name}_s"] = statistics.median(times)
         result[f"{name}_times_s"] = times
+    # (d) The same update as `resnet-ray train` runs it: Keras fit on the project's
+    # distributed input pipeline (shuffle, shards, augmentation), timed per step.
+    from resnet_ray.data import Signs
+    from resnet_ray.keras_backend import keras
+    from resnet_ray.train import make_dataset_fn
+
+    rng = np.random.default_rng(0)  # the same images on every worker; each takes its shard
+    n = b * world * 2
+    images = Signs(x=rng.integers(0, 256, (n, *cfg.input_shape), dtype=np.uint8),
+                   y=rng.integers(0, len(cfg.classes), n), classes=list(cfg.classes))
+    fit_times: list[float] = []
+
+    class StepTimer(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.begin = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            fit_times.append(time.perf_counter() - self.begin)
+
+    model.fit(strategy.distribute_datasets_from_function(make_dataset_fn(images, cfg, 0)),
+              epochs=1, steps_per_epoch=config["warmup"] + config["repeats"],
+              callbacks=[StepTimer()], verbose=0)
+    result["fit_step_times_s"] = fit_times
+    result["fit_step_s"] = statistics.median(fit_times[config["warmup"]:])
     with open(f"{config['out_dir']}/rank-{rank}.json", "w") as f:
         json.dump(result, f)
 
@@ -164,6 +188,8 @@ def measure_split(model: str, workers: int, cpus_per_worker: float, per_worker_b
         row[key] = ranks[0][key]
     row["rest_s"] = row["step_s"] - row["compute_s"] - row["allreduce_s"]
     row["images_per_s"] = workers * per_worker_batch * cfg.accumulate / row["step_s"]
+    row["fit_step_s"] = ranks[0]["fit_step_s"]
+    row["fit_images_per_s"] = workers * per_worker_batch * cfg.accumulate / row["fit_step_s"]
     row["ranks"] = ranks
     return row
 
@@ -190,6 +216,8 @@ def local_setups(quick: bool, workers: list[int], batch: int, cores: int) -> lis
                     "accumulate": 2},
                    {"label": "2x1 float16, accumulate 4", **two, "allreduce_dtype": "float16",
                     "accumulate": 4},
+                   {"label": "2x1 float16, packs of 8 MiB, accumulate 4", **two,
+                    "allreduce_dtype": "float16", "allreduce_pack_mb": 8.0, "accumulate": 4},
                    {"label": "2x1 TF default threads", **two, "limit": False}]
     return setups
 
@@ -296,14 +324,17 @@ def markdown(report: dict) -> str:
     lines = [f"Gradients: {report['gradient_mb']:.1f} MiB float32 per step. Median of each "
              "phase on rank 0; rest = step - compute - all-reduce: Adam's update, waiting for "
              "the slower worker, the runtime.", "",
+             "fit step: the same update in Keras fit on the input pipeline, as training runs "
+             "it (not in older results).", "",
              "| setup | per-worker batch | compute s | all-reduce s | rest s | step s | "
-             "images/s | x 1 worker |", "|---|---|---|---|---|---|---|---|"]
+             "images/s | x 1 worker | fit step s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in report["measured"]:
         batch = f"{r['per_worker_batch']}" + (f" x {r['accumulate']}"
                                               if r.get("accumulate", 1) > 1 else "")
+        fit = f"{r['fit_step_s']:.2f}" if "fit_step_s" in r else "-"
         lines.append(f"| {r['label']} | {batch} | {r['compute_s']:.2f} | "
                      f"{r['allreduce_s']:.2f} | {r['rest_s']:.2f} | {r['step_s']:.2f} | "
-                     f"{r['images_per_s']:.1f} | {r['vs_one_worker_all_cores']:.2f} |")
+                     f"{r['images_per_s']:.1f} | {r['vs_one_worker_all_cores']:.2f} | {fit} |")
     m = report["scaling_model"]
     lines += ["", f"Scaling model, calibrated on 2x1: loopback all-reduce at "
                   f"{m['loopback_gbit_per_s']:.2f} Gbit/s, {m['overhead_s_per_step']:.2f} s "

@@ -136,6 +136,15 @@ def summarize(runs: list[dict]) -> list[dict]:
             row["vs_keras"] = row["steady_images_per_s"] / rates["keras"]
         if ray_one:
             row["vs_ray_one_worker"] = row["steady_images_per_s"] / rates[ray_one]
+            # Side by side: each round's ratio, the two runs next to each other in time, so a
+            # slow patch of a shared machine (CPU steal) hits both sides of one ratio.
+            by_round = [mine["steady_images_per_s"] / one["steady_images_per_s"]
+                        for mine in runs if mine["setup"] == row["setup"]
+                        for one in runs if one["setup"] == ray_one
+                        and one.get("round") == mine.get("round")]
+            if by_round:
+                row["vs_ray_one_worker_by_round"] = by_round
+                row["vs_ray_one_worker_round_median"] = statistics.median(by_round)
     return rows
 
 
@@ -143,11 +152,18 @@ def markdown(rows: list[dict]) -> str:
     def ratio(r, key):
         return f"{r[key]:.2f}" if key in r else "-"
 
-    lines = ["| setup | steady images/s | x plain Keras | x Ray 1 worker | fixed start-up s | "
-             "first-epoch extra s |", "|---|---|---|---|---|---|"]
+    def rounds(r):
+        return " / ".join(f"{x:.2f}" for x in r.get("vs_ray_one_worker_by_round", [])) or "-"
+
+    lines = ["| setup | steady images/s | x plain Keras | x Ray 1 worker | x Ray 1 worker by "
+             "round (median) | fixed start-up s | first-epoch extra s |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
+        median = f" ({r['vs_ray_one_worker_round_median']:.2f})" \
+            if "vs_ray_one_worker_round_median" in r else ""
         lines.append(f"| {r['setup']} | {r['steady_images_per_s']:.1f} | "
                      f"{ratio(r, 'vs_keras')} | {ratio(r, 'vs_ray_one_worker')} | "
+                     f"{rounds(r)}{median} | "
                      f"{r['fixed_s']:.0f} | {r['first_epoch_extra_s']:.1f} |")
     return "\n".join(lines)
 

@@ -102,3 +102,33 @@ def test_train_bench_adds_and_selects_a_setup_with_communication_options():
     assert [s["setup"] for s in select(setups, "ray 2x1")] == ["ray 2x1"]
     with pytest.raises(SystemExit, match="no setup 'ray 4x1'"):
         select(setups, "ray 4x1")
+
+
+def test_bench_refuses_an_abbreviated_option_instead_of_guessing(monkeypatch, capsys):
+    import bench.__main__ as cli
+
+    ran = []
+    monkeypatch.setattr(cli, "PARTS", {"scaling": ("scaling", ran.append)})
+    # argparse would read "--out" as --out-dir and make a directory named like the file.
+    with pytest.raises(SystemExit):
+        cli.main(["scaling", "--out", "scaling.json"])
+    assert "unrecognized arguments: --out" in capsys.readouterr().err
+    assert ran == []
+
+
+def test_train_bench_pairs_each_round_with_the_one_worker_run_of_the_same_round():
+    from bench.train_overhead import markdown, summarize
+
+    def run(setup, round_, rate):
+        return {"setup": setup, "round": round_, "steady_images_per_s": rate, "fixed_s": 50.0,
+                "first_epoch_extra_s": 9.0}
+
+    # Round 2 is a slow patch for both: per round the pair runs at 0.8x and 0.9x.
+    runs = [run("ray 1x2", 1, 60.0), run("ray 2x1 f16", 1, 48.0),
+            run("ray 1x2", 2, 40.0), run("ray 2x1 f16", 2, 36.0)]
+    one, two = summarize(runs)
+    assert two["vs_ray_one_worker_by_round"] == pytest.approx([0.8, 0.9])
+    assert two["vs_ray_one_worker_round_median"] == pytest.approx(0.85)
+    assert two["vs_ray_one_worker"] == pytest.approx(42.0 / 50.0)  # medians of the rates
+    assert one["vs_ray_one_worker_by_round"] == [1.0, 1.0]
+    assert "| 0.80 / 0.90 (0.85) |" in markdown([one, two])
