@@ -187,9 +187,10 @@ def measure_split(model: str, workers: int, cpus_per_worker: float, per_worker_b
     for key in ("compute_s", "allreduce_s", "step_s"):
         row[key] = ranks[0][key]
     row["rest_s"] = row["step_s"] - row["compute_s"] - row["allreduce_s"]
-    row["images_per_s"] = workers * per_worker_batch * cfg.accumulate / row["step_s"]
+    images = workers * per_worker_batch * cfg.accumulate  # per update, all workers
+    row["images_per_s"] = images / row["step_s"]
     row["fit_step_s"] = ranks[0]["fit_step_s"]
-    row["fit_images_per_s"] = workers * per_worker_batch * cfg.accumulate / row["fit_step_s"]
+    row["fit_images_per_s"] = images / row["fit_step_s"]
     row["ranks"] = ranks
     return row
 
