@@ -34,6 +34,11 @@ STATE_FILE = "cluster.json"
 RAY = str(Path(sys.executable).with_name("ray"))
 # Where `ray start` records the cluster a bare `ray.init()` joins (see resnet_ray.train).
 CURRENT_CLUSTER_FILE = Path("/tmp/ray/ray_current_cluster")
+HEAD_ATTEMPTS = 2
+
+
+class NodeExited(SystemExit):
+    """A node's `ray start` process ended before the node joined the cluster."""
 
 
 def node_env() -> dict[str, str]:
@@ -59,6 +64,13 @@ def _spawn(args: list[str], log: Path) -> int:
 
 
 def _alive(pid: int) -> bool:
+    try:
+        # A node this process started and that has exited is a zombie until reaped, and
+        # kill(pid, 0) still finds zombies.
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child: `stop` and `remove-node` run from another process
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -94,15 +106,27 @@ def start(state_dir: Path, workers: int, cpus_per_worker: int, head_cpus: int,
             raise SystemExit(f"a cluster from {state_dir} is still running "
                              f"(address {state['address']}); run `stop` first")
     gcs = f"127.0.0.1:{port}"
-    nodes = [{"name": "head", "pid": _spawn(
-        ["--head", f"--port={port}", f"--dashboard-port={dashboard_port}",
-         "--dashboard-host=127.0.0.1", f"--num-cpus={head_cpus}", "--num-gpus=0",
-         f"--ray-client-server-port={port + 1}",
-         *_agent_ports(0)], state_dir / "head.log")}]
+    head_args = ["--head", f"--port={port}", f"--dashboard-port={dashboard_port}",
+                 "--dashboard-host=127.0.0.1", f"--num-cpus={head_cpus}", "--num-gpus=0",
+                 f"--ray-client-server-port={port + 1}", *_agent_ports(0)]
+    nodes: list[dict] = []
     state = {"gcs_address": gcs, "address": f"http://127.0.0.1:{dashboard_port}",
              "nodes": nodes}
-    (state_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
-    _wait(state, 1, timeout, state_dir)
+    for attempt in range(1, HEAD_ATTEMPTS + 1):
+        nodes[:] = [{"name": "head", "pid": _spawn(head_args, state_dir / "head.log")}]
+        (state_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
+        try:
+            _wait(state, 1, timeout, state_dir)
+            break
+        except NodeExited:
+            # On a loaded machine the head's own raylet sometimes misses Ray's startup
+            # deadline ("The current node timed out during startup") and `ray start`
+            # gives up; a second start on a clean slate then comes up.
+            if attempt == HEAD_ATTEMPTS:
+                raise
+            with open(state_dir / "head.log", "a") as log:
+                log.write(f"\n[local_cluster] head exited while starting (attempt {attempt} "
+                          f"of {HEAD_ATTEMPTS}); starting it again\n")
     for i in range(1, workers + 1):
         extra = [f"--memory={memory_per_worker}"] if memory_per_worker else []
         nodes.append({"name": f"worker{i}", "pid": _spawn(
@@ -126,7 +150,7 @@ def _wait(state: dict, n_nodes: int, timeout: float, state_dir: Path) -> None:
         dead = [n["name"] for n in state["nodes"] if not _alive(n["pid"])]
         if dead:
             stop(state_dir)
-            raise SystemExit(f"node {dead[0]} exited while starting; see "
+            raise NodeExited(f"node {dead[0]} exited while starting; see "
                              f"{state_dir / (dead[0] + '.log')}")
         time.sleep(1)
     stop(state_dir)

@@ -24,7 +24,18 @@ WORKER_ENV_VARS = {
     # slower here (AMD EPYC, AVX2; `python -m bench compute`, README "Performance"). A value
     # the user set wins (see worker_env_vars).
     "TF_ENABLE_ONEDNN_OPTS": "1",
+    # glibc's malloc: keep what TensorFlow frees for the next step. By default glibc serves
+    # big blocks with mmap and trims freed heap, under thresholds it adapts to the process's
+    # history, so the same 2 x 1 CPU training ran at 2.5-2.7 s a step or at 3.4-3.5 s, the
+    # slow runs spending 20-30% of a worker in the kernel on 80,000 page faults a second
+    # (issue 10, README "Scaling"). Read at process start: mallopt() from inside a running
+    # worker helped less (measured). Other C libraries ignore these.
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 2 ** 20),  # the largest glibc allows on 64-bit
+    "MALLOC_TRIM_THRESHOLD_": str(16 * 2 ** 30),
+    "MALLOC_TOP_PAD_": str(256 * 2 ** 20),
 }
+# Set in a worker's environment when it started with the settings above.
+MALLOC_KEEP = "MALLOC_TRIM_THRESHOLD_"
 
 
 def worker_env_vars() -> dict[str, str]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from . import worker_env_vars
+from . import MALLOC_KEEP, worker_env_vars
 from .config import TrainConfig
 from .data import Signs, load_data_dir, split_validation
 from .errors import CheckpointError, ConfigError, RunFailed
@@ -467,7 +467,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     tf_threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
     if rank == 0 and not local:
         print(f"strategy: {strategy_name}, {world} worker(s) x {cfg.cpus_per_worker} CPU "
-              f"({tf_threads} TensorFlow thread(s) each), global batch {cfg.batch_size}",
+              f"({tf_threads} TensorFlow thread(s) each"
+              f"{', freed memory kept' if MALLOC_KEEP in os.environ else ''}), "
+              f"global batch {cfg.batch_size}",
               flush=True)
     steps = len(train) // cfg.update_batch_size
     with strategy.scope():

@@ -1,6 +1,9 @@
 """Data-parallel communication options (issue 10): gradients that travel in float16 or
 bfloat16 sum to what float32 gives, within the format's precision; the options are checked."""
 
+import json
+import os
+import platform
 import subprocess
 import sys
 
@@ -172,3 +175,44 @@ def test_cli_passes_the_communication_options_to_the_config():
     assert cfg.update_lr == pytest.approx(2 * cfg.lr)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--data", "d", "--lr-scaling", "cubic"])
+
+
+
+MALLOC_SCRIPT = r"""
+import ctypes, json
+import numpy as np
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+before = libc.mallinfo2()
+block = np.ones(20 << 20, np.uint8)  # a 20 MiB tensor, the size of ResNet-50's largest
+during = libc.mallinfo2()
+del block
+after = libc.mallinfo2()
+print(json.dumps({"mmapped": during.hblkhd - before.hblkhd, "heap": during.arena,
+                  "trimmed": during.arena - after.arena}))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_workers_start_with_a_malloc_that_keeps_freed_memory():
+    """What every Ray worker starts with (worker_env_vars): glibc serves a 20 MiB block from
+    its heap and keeps it after free, for the next step. A process without those settings
+    maps it and unmaps it on free, so the next step faults it in again."""
+    from resnet_ray import worker_env_vars
+
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
+    def run(env):
+        proc = subprocess.run([sys.executable, "-c", MALLOC_SCRIPT], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    default, kept = run(plain), run({**plain, **worker_env_vars()})
+    assert default["mmapped"] >= 20 << 20, default
+    assert kept["mmapped"] == 0 and kept["heap"] >= 20 << 20, kept
+    assert kept["trimmed"] == 0, kept
