@@ -5,17 +5,19 @@ images/s for N workers.
 python -m bench.scaling [--quick] [--workers 2,3,4] [--batch 16] [--out PATH]
 
 Each setup runs split_loop on its Ray Train workers: the forward and backward pass alone, the
-optimizer's gradient all-reduce alone, and the whole step as fit runs it, each timed on the
-worker (median of 5 after 2 warm-ups). 1 worker x all cores at the same global batch is the
-reference; 3 and 4 workers share this host's cores on purpose, to check the model where the
-compute per worker shrinks. Two workers are also measured with the communication options
-(float16 gradients, 8 MiB packs) and with TensorFlow's own thread pools (the state before
-train.limit_threads).
+optimizer's gradient all-reduce alone, and the whole step as fit runs it, timed on the worker
+in turn, round after round (median of 7 after 2 warm-ups). 1 worker x all cores at the same
+global batch is the reference; 3 and 4 workers share this host's cores on purpose, to check
+the model where the compute per worker shrinks. Two workers are also measured with the
+communication options (float16 gradients, 8 MiB packs) and with TensorFlow's own thread pools
+(the state before train.limit_threads).
 
 The model: an update takes a worker's compute (b images x t_img) plus a ring all-reduce of S
-gradient bytes, 2 (N-1)/N x S / bandwidth + 2 (N-1) x latency, plus the runtime's overhead per
-update. Calibrated on 2x1 (loopback's bandwidth, the overhead), it predicts every other
-multi-worker setup from that setup's compute time and bytes (3 and 4 workers, float16,
+gradient bytes, 2 (N-1)/N x S / bandwidth + 2 (N-1) x latency, plus an overhead per update
+(Adam's update, the runtime). A worker with a share of a core (3 and 4 workers here) does all
+three that much slower. Calibrated on the measured multi-worker rows (medians of loopback's
+bandwidth and the overhead, per whole core), it predicts each multi-worker setup, calibrated
+without it, from that setup's compute time, bytes and core share (3 and 4 workers, float16,
 accumulation) and, from one core's t_img, N = 1..64 workers on 1, 10 and 100 Gbit/s links,
 for this CPU and for a GPU worker.
 """
@@ -56,21 +58,48 @@ def ring_allreduce_s(n: int, grad_bytes: float, gbit_per_s: float, latency_s: fl
 
 
 def predict(n: int, batch: int, s_per_image: float, grad_bytes: float, gbit_per_s: float,
-            latency_s: float = LATENCY_S, overlap: float = 0.0) -> dict:
+            latency_s: float = LATENCY_S, overlap: float = 0.0,
+            overhead_s: float = 0.0) -> dict:
     """images/s and efficiency of n workers at per-worker batch `batch`; `overlap` is the
-    share of the compute time that can hide communication (the backward pass's part)."""
+    share of the compute time that can hide communication (the backward pass's part);
+    `overhead_s` is what an update of several workers costs beyond compute and all-reduce.
+    Efficiency is images/s over n x one worker's."""
     compute = batch * s_per_image
     comm = ring_allreduce_s(n, grad_bytes, gbit_per_s, latency_s)
-    step = compute + max(0.0, comm - overlap * compute)
+    step = compute + max(0.0, comm - overlap * compute) + (overhead_s if n > 1 else 0.0)
     rate = n * batch / step
     return {"workers": n, "step_s": step, "comm_s": comm, "images_per_s": rate,
-            "efficiency": rate / (n / s_per_image)}
+            "efficiency": rate / (n * batch / compute)}
 
 
 def fitted_gbit_per_s(n: int, grad_bytes: float, comm_s: float) -> float:
     """The bandwidth a ring all-reduce of grad_bytes over n workers must have had to take
     comm_s (latency folded in)."""
     return 2 * (n - 1) / n * grad_bytes * 8 / comm_s / 1e9
+
+
+def core_share(row: dict) -> float:
+    """The share of a core a measured worker had: 3 and 4 workers on 2 cores get 2/3 and 1/2."""
+    return min(1.0, row["cpus_per_worker"])
+
+
+def sent_bytes(row: dict, grad_bytes: float) -> float:
+    return grad_bytes * ALLREDUCE_BYTES[row.get("allreduce_dtype") or "float32"] / 4
+
+
+def calibrate(rows: list[dict], grad_bytes: float) -> tuple[float, float]:
+    """Loopback's all-reduce bandwidth and the overhead per update, each for a whole core, as
+    the medians over the given multi-worker rows of their measured all-reduce and rest.
+    On loopback a worker's core moves the bytes (gRPC copies them) and runs Adam's update, so
+    a worker with half a core takes twice as long at both; scaled to a whole core, rows with
+    2, 3 and 4 workers measure the same two numbers. Medians, because one phase timed in a
+    burst of the VM's steal time must not set the model (2026-12-02's 2 x 1 row did)."""
+    if not rows:
+        raise ValueError("the scaling model needs at least one measured multi-worker row")
+    gbit = float(np.median([fitted_gbit_per_s(r["workers"], sent_bytes(r, grad_bytes),
+                                              r["allreduce_s"] * core_share(r)) for r in rows]))
+    overhead = max(0.0, float(np.median([r["rest_s"] * core_share(r) for r in rows])))
+    return gbit, overhead
 
 
 def split_loop(config: dict) -> None:
@@ -120,15 +149,20 @@ def split_loop(config: dict) -> None:
     result = {"rank": rank, "workers": world, "images_per_update": b, "accumulate": k,
               "strategy": strategy_name, "intra_op_threads":
               tf.config.threading.get_intra_op_parallelism_threads()}
-    for name, fn in phases.items():
-        times = []
-        for i in range(config["warmup"] + config["repeats"]):
+    # Warm up every phase, then time them in turn, round after round: a phase timed in a
+    # burst of steal time would otherwise skew the rest, which is step - compute - all-reduce.
+    for fn in phases.values():
+        for _ in range(config["warmup"]):
+            strategy.experimental_local_results(fn())[0].numpy()
+    times: dict[str, list[float]] = {name: [] for name in phases}
+    for _ in range(config["repeats"]):
+        for name, fn in phases.items():
             begin = time.perf_counter()
             strategy.experimental_local_results(fn())[0].numpy()
-            if i >= config["warmup"]:
-                times.append(time.perf_counter() - begin)
-        result[f"{name}_s"] = statistics.median(times)
-        result[f"{name}_times_s"] = times
+            times[name].append(time.perf_counter() - begin)
+    for name in phases:
+        result[f"{name}_s"] = statistics.median(times[name])
+        result[f"{name}_times_s"] = times[name]
     # (d) The same update as `resnet-ray train` runs it: Keras fit on the project's
     # distributed input pipeline (shuffle, shards, augmentation), timed per step.
     from resnet_ray.data import Signs
@@ -223,36 +257,37 @@ def local_setups(quick: bool, workers: list[int], batch: int, cores: int) -> lis
     return setups
 
 
-def scaling_model(rows: list[dict], grad_bytes: float, cores: int) -> dict:
-    """Calibrate on 2x1 (loopback's all-reduce bandwidth and the overhead per step beyond
-    compute and all-reduce) and predict every other measured multi-worker setup from its own
-    compute time, its gradient bytes and its worker count, as the model predicts a cluster
-    from one worker's compute time. The same prediction from 1x1's compute time alone shows
-    what sharing the cores costs: workers beyond the cores compute slower than the share of
-    a core they get."""
+def scaling_model(rows: list[dict], grad_bytes: float) -> dict:
+    """Predict every measured multi-worker setup from its own compute time, its gradient
+    bytes, its worker count and its share of a core, with the model calibrated on the other
+    multi-worker setups (leave one out: no row predicts itself). The same prediction from
+    1x1's compute time alone shows what sharing the cores costs: workers beyond the cores
+    compute slower than the share of a core they get."""
     one = next(r for r in rows if r["label"] == "1x1")
-    two = next(r for r in rows if r["label"] == "2x1")
     s_per_image = one["compute_s"] / one["per_worker_batch"]
-    gbit = fitted_gbit_per_s(2, grad_bytes, two["allreduce_s"])
-    overhead = max(0.0, two["rest_s"])
+    multi = [r for r in rows if r["workers"] > 1 and r.get("limit_threads", True)]
     checks = []
-    for r in rows:
-        if r["workers"] < 2 or r["label"] == "2x1" or not r.get("limit_threads", True):
+    for r in multi:
+        others = [o for o in multi if o is not r]
+        if not others:
             continue
-        n, k = r["workers"], r.get("accumulate", 1)
-        images = r["per_worker_batch"] * k
-        sent = grad_bytes * ALLREDUCE_BYTES[r.get("allreduce_dtype", "float32")] / 4
-        comm = ring_allreduce_s(n, sent, gbit, 0.0)
-        predicted = n * images / (r["compute_s"] + comm + overhead)
-        # From one core's speed: workers beyond the cores each get cores/n of one.
-        naive = n * images / (images * s_per_image * max(1.0, n / cores) + comm + overhead)
+        gbit, overhead = calibrate(others, grad_bytes)
+        n, share = r["workers"], core_share(r)
+        images = r["per_worker_batch"] * r.get("accumulate", 1)
+        rest = (ring_allreduce_s(n, sent_bytes(r, grad_bytes), gbit, 0.0) + overhead) / share
+        predicted = n * images / (r["compute_s"] + rest)
+        naive = n * images / (images * s_per_image / share + rest)
         checks.append({"setup": r["label"], "measured_images_per_s": r["images_per_s"],
                        "predicted_images_per_s": predicted,
                        "error": predicted / r["images_per_s"] - 1,
                        "predicted_from_one_core": naive,
-                       "error_from_one_core": naive / r["images_per_s"] - 1})
+                       "error_from_one_core": naive / r["images_per_s"] - 1,
+                       "calibration_gbit_per_s": gbit, "calibration_overhead_s": overhead})
+    gbit, overhead = calibrate(multi, grad_bytes)
     return {"s_per_image_one_core": s_per_image, "loopback_gbit_per_s": gbit,
-            "overhead_s_per_step": overhead, "checks": checks}
+            "overhead_s_per_step": overhead, "calibrated_on": [r["label"] for r in multi],
+            "max_abs_error": max((abs(c["error"]) for c in checks), default=None),
+            "checks": checks}
 
 
 def run(quick: bool = False, workers: list[int] | None = None, batch: int = 16,
@@ -276,7 +311,7 @@ def run(quick: bool = False, workers: list[int] | None = None, batch: int = 16,
             setup = dict(setup)
             label = setup.pop("label")
             row = {"label": label, **measure_split(
-                model_name, repeats=2 if quick else 5, warmup=1 if quick else 2, **setup)}
+                model_name, repeats=2 if quick else 7, warmup=1 if quick else 2, **setup)}
             print(json.dumps({k: v for k, v in row.items() if k != "ranks"}), flush=True)
             rows.append(row)
     finally:
@@ -289,19 +324,24 @@ def run(quick: bool = False, workers: list[int] | None = None, batch: int = 16,
 def analyse(rows: list[dict], cores: int, model_name: str, grad_bytes: float,
             quick: bool = False, measured_on: str | None = None) -> dict:
     """The report: the measured rows, the scaling model calibrated on them, its predictions."""
-    model = scaling_model(rows, grad_bytes, cores)
+    model = scaling_model(rows, grad_bytes)
     reference = next(r for r in rows if r["label"] == f"1x{cores}")
     for r in rows:
         r["vs_one_worker_all_cores"] = r["images_per_s"] / reference["images_per_s"]
     table = []
-    for worker, s_per_image in (("this CPU core", model["s_per_image_one_core"]),
+    cpu = model["s_per_image_one_core"]
+    for worker, s_per_image in (("this CPU core", cpu),
                                 ("GPU (V100-class)", 1 / GPU_IMAGES_PER_S)):
+        # The overhead is mostly Adam's update, work like the rest: it scales with the
+        # worker's speed (about 1 ms on the GPU).
+        overhead = model["overhead_s_per_step"] * s_per_image / cpu
         for gbit in LINKS_GBIT:
             for n in WORKERS:
                 for setting, (images, bytes_share) in PREDICTION_SETTINGS.items():
                     table.append({"worker": worker, "link_gbit": gbit, "setting": setting,
                                   "images_per_update": images, **predict(
-                                      n, images, s_per_image, grad_bytes * bytes_share, gbit)})
+                                      n, images, s_per_image, grad_bytes * bytes_share, gbit,
+                                      overhead_s=overhead)})
     return {"part": "scaling", "date": measured_on or str(date.today()), "quick": quick,
             "cores": cores, "model": model_name, "gradient_mb": grad_bytes / 2 ** 20,
             "measured": rows, "scaling_model": model, "predictions": table}
@@ -337,11 +377,13 @@ def markdown(report: dict) -> str:
                      f"{r['allreduce_s']:.2f} | {r['rest_s']:.2f} | {r['step_s']:.2f} | "
                      f"{r['images_per_s']:.1f} | {r['vs_one_worker_all_cores']:.2f} | {fit} |")
     m = report["scaling_model"]
-    lines += ["", f"Scaling model, calibrated on 2x1: loopback all-reduce at "
-                  f"{m['loopback_gbit_per_s']:.2f} Gbit/s, {m['overhead_s_per_step']:.2f} s "
-                  "overhead per step; each setup predicted from its own compute time, and "
-                  f"from one core's ({1000 * m['s_per_image_one_core']:.0f} ms per image, "
-                  "shared by workers beyond the cores).", "",
+    lines += ["", f"Scaling model, calibrated on the multi-worker rows (medians, per whole "
+                  f"core): loopback all-reduce at {m['loopback_gbit_per_s']:.2f} Gbit/s, "
+                  f"{m['overhead_s_per_step']:.2f} s overhead per update. Each setup is "
+                  "predicted with the model calibrated on the other rows (leave one out), "
+                  "from its own compute time, and from one core's "
+                  f"({1000 * m['s_per_image_one_core']:.0f} ms per image); a worker with a "
+                  "share of a core computes, copies and updates that much slower.", "",
               "| setup | measured images/s | predicted | error | from one core | error |",
               "|---|---|---|---|---|---|"]
     for c in m["checks"]:

@@ -110,6 +110,62 @@ def test_scaling_model_ring_all_reduce_and_calibration_round_trip():
     assert fitted_gbit_per_s(2, grad, ring_allreduce_s(2, grad, 3.5, 0)) == pytest.approx(3.5)
 
 
+def _measured(label, workers, cpus, dtype="float32", accumulate=1, gbit=2.0, overhead=0.2,
+              s_per_image=0.03, grad=94e6):
+    """A bench row as a worker with `cpus` of a core would measure it under the model:
+    compute, all-reduce and overhead all slower by the share of a core it has."""
+    from bench.scaling import ring_allreduce_s
+
+    share = min(1.0, cpus)
+    images = 16 * accumulate
+    compute = images * s_per_image / share
+    allreduce = ring_allreduce_s(workers, grad * (2 if dtype == "float16" else 4) / 4, gbit,
+                                 0) / share
+    step = compute + allreduce + overhead / share
+    return {"label": label, "workers": workers, "cpus_per_worker": cpus,
+            "per_worker_batch": 16, "accumulate": accumulate, "allreduce_dtype": dtype,
+            "limit_threads": True, "compute_s": compute, "allreduce_s": allreduce,
+            "rest_s": step - compute - allreduce, "step_s": step,
+            "images_per_s": workers * images / step}
+
+
+def test_scaling_model_calibrates_per_core_and_predicts_each_row_without_it():
+    from bench.scaling import calibrate, scaling_model
+
+    rows = [_measured("1x1", 1, 1), _measured("2x1", 2, 1), _measured("3x0.67", 3, 2 / 3),
+            _measured("4x0.5", 4, 0.5), _measured("2x1 float16", 2, 1, "float16"),
+            _measured("2x1 accumulate 4", 2, 1, accumulate=4)]
+    # Workers with half a core move bytes and update at half the speed: scaled back to a
+    # whole core, every row gives the same bandwidth and overhead.
+    assert calibrate(rows[1:], 94e6) == pytest.approx((2.0, 0.2))
+    model = scaling_model(rows, 94e6)
+    assert [c["setup"] for c in model["checks"]] == [r["label"] for r in rows[1:]]
+    assert model["max_abs_error"] == pytest.approx(0, abs=1e-9)
+    # One all-reduce timed in a burst of steal time does not move the model (medians)...
+    noisy = [dict(r) for r in rows]
+    noisy[1]["allreduce_s"] *= 3
+    noisy[1]["rest_s"] -= 2 * rows[1]["allreduce_s"]
+    assert calibrate(noisy[1:], 94e6) == pytest.approx((2.0, 0.2))
+    # ...and no row is predicted by a model calibrated on itself: a row measured 20% slower
+    # keeps its prediction and shows the 25% miss.
+    slow = [dict(r) for r in rows]
+    slow[2]["images_per_s"] /= 1.25
+    check = scaling_model(slow, 94e6)["checks"][1]
+    assert check["setup"] == "3x0.67" and check["error"] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="multi-worker row"):
+        calibrate([], 94e6)
+
+
+def test_predicted_efficiency_counts_the_overhead_only_with_several_workers():
+    from bench.scaling import predict
+
+    one = predict(1, 16, 0.03, 94e6, 10, latency_s=0, overhead_s=0.2)
+    assert one["efficiency"] == pytest.approx(1) and one["step_s"] == pytest.approx(0.48)
+    two = predict(2, 16, 0.03, 94e6, 10, latency_s=0, overhead_s=0.2)
+    assert two["step_s"] == pytest.approx(0.48 + 94e6 * 8 / 10e9 + 0.2)
+    assert two["efficiency"] == pytest.approx(0.48 / two["step_s"])
+
+
 def test_accumulation_applies_the_mean_of_its_micro_batch_gradients():
     """accumulate=2 on a batch of 16 takes one Adam step with the mean of the two halves'
     gradients: the same weights as computing each half by hand and averaging."""
