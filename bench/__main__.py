@@ -58,7 +58,7 @@ def main(argv=None) -> None:
 
 
 def combine(written: dict, path: Path) -> None:
-    """One file per `all` run, as the README quotes it: every part's results and tables."""
+    """One file per `all` run, as the docs quote it: every part's results and tables."""
     report = {"date": str(date.today()), "parts": {}}
     tables = [f"# python -m bench all, {date.today()}"]
     for name, (out, seconds) in written.items():

@@ -15,7 +15,7 @@ def result_path(out: str | None, stem: str, quick: bool) -> Path:
 
 
 def write_report(report: dict, path: Path, table: str) -> None:
-    """The JSON and, beside it, the markdown table the README copies."""
+    """The JSON and, beside it, the markdown table the docs copy."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     path.with_suffix(".md").write_text(table + "\n")

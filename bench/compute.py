@@ -1,4 +1,4 @@
-"""Compute efficiency (issue 8, part 2): the model's counted FLOPs times the measured images/s,
+"""Compute efficiency: the model's counted FLOPs times the measured images/s,
 against the CPU's peak estimated from its core count, clock and vector width.
 
 python -m bench.compute [--quick] [--steps 6] [--out bench/results/compute-DATE.json]
@@ -103,7 +103,7 @@ def measure_training(model_name: str, batch: int, steps: int) -> float:
 
     from resnet_ray.config import TrainConfig
     from resnet_ray.keras_backend import keras
-    from resnet_ray.train import build_compiled
+    from resnet_ray.optim import build_compiled
 
     keras.utils.set_random_seed(0)
     model, _ = build_compiled(TrainConfig(model=model_name, data="-"), steps)

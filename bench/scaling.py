@@ -1,4 +1,4 @@
-"""Data-parallel scaling (issue 10): each training step split into compute, all-reduce and
+"""Data-parallel scaling: each training step split into compute, all-reduce and
 the rest (the weight update and idle time) on real Ray Train workers, and a model that predicts
 images/s for N workers.
 
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_ray.train import ALLREDUCE_BYTES
+from resnet_ray.optim import ALLREDUCE_BYTES
 
 from .common import result_path, write_report
 
@@ -116,7 +116,8 @@ def split_loop(config: dict) -> None:
 
     from resnet_ray.config import TrainConfig
     from resnet_ray.keras_backend import tf
-    from resnet_ray.train import build_compiled, limit_threads, make_strategy, summed_gradients
+    from resnet_ray.optim import build_compiled, make_strategy, summed_gradients
+    from resnet_ray.runtime import limit_threads
 
     cfg = TrainConfig.from_dict(config["config"])
     if config["limit_threads"]:
@@ -167,7 +168,7 @@ def split_loop(config: dict) -> None:
     # distributed input pipeline (shuffle, shards, augmentation), timed per step.
     from resnet_ray.data import Signs
     from resnet_ray.keras_backend import keras
-    from resnet_ray.train import make_dataset_fn
+    from resnet_ray.input_pipeline import make_dataset_fn
 
     rng = np.random.default_rng(0)  # the same images on every worker; each takes its shard
     n = b * world * 2
@@ -199,7 +200,7 @@ def measure_split(model: str, workers: int, cpus_per_worker: float, per_worker_b
     from ray.train import RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    from resnet_ray import worker_env_vars
+    from resnet_ray.runtime import worker_env_vars
     from resnet_ray.config import TrainConfig
 
     cfg = TrainConfig(data="-", model=model, num_workers=workers,
@@ -294,7 +295,7 @@ def run(quick: bool = False, workers: list[int] | None = None, batch: int = 16,
         out: str | None = None) -> dict:
     import ray
 
-    from resnet_ray import worker_env_vars
+    from resnet_ray.runtime import worker_env_vars
     from resnet_ray.model import build_model
 
     model_name = "tiny" if quick else "resnet50"

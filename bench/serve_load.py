@@ -1,4 +1,4 @@
-"""Serve throughput and latency of the full ResNet-50 over HTTP on loopback (issue 8, part 3),
+"""Serve throughput and latency of the full ResNet-50 over HTTP on loopback,
 with `@serve.batch` on (max_batch_size 32) and off (max_batch_size 1), at concurrency 1, 8
 and 32, against the same model called in this process at batch 1, 8 and 32.
 
@@ -60,7 +60,7 @@ async def _load(url: str, payload: bytes, requests: int, concurrency: int) -> di
 
 def in_process(model_dir: Path, batch: int, images: int) -> dict:
     """images/s of the replica's model call at a fixed batch size, no HTTP."""
-    from resnet_ray.export import load_model_dir
+    from resnet_ray.modeldir import load_model_dir
     from resnet_ray.images import to_model_input
 
     model, meta = load_model_dir(model_dir)
@@ -112,10 +112,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from ray import serve
 
-    from resnet_ray.export import save_model_dir
+    from resnet_ray.modeldir import save_model_dir
     from resnet_ray.model import build_model
     from resnet_ray.serve import DigitService
-    from resnet_ray.train import init_ray
+    from resnet_ray.runtime import init_ray
 
     model_name = "tiny" if args.quick else "resnet50"
     model_dir = Path(tempfile.mkdtemp()) / model_name

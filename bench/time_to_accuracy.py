@@ -1,4 +1,4 @@
-"""Time to accuracy (issue 8, part 5): wall time and epochs until a training run's validation
+"""Time to accuracy: wall time and epochs until a training run's validation
 accuracy first reaches 95%, 98% and 99%.
 
 python -m bench.time_to_accuracy --run RUN_DIR           # a finished `resnet-ray train` run
@@ -26,7 +26,8 @@ THRESHOLDS = (0.95, 0.98, 0.99)
 
 
 def analyse(run_dir: str | Path) -> dict:
-    from resnet_ray.train import CONFIG_FILE, REPORTS_FILE
+    from resnet_ray.checkpoints import CONFIG_FILE
+    from resnet_ray.train import REPORTS_FILE
 
     run_dir = Path(run_dir)
     path = run_dir / REPORTS_FILE

@@ -1,4 +1,4 @@
-"""Training overhead of Ray Train against plain Keras `fit` (issue 8, part 1).
+"""Training overhead of Ray Train against plain Keras `fit`.
 
 python -m bench.train_overhead [--quick] [--images 256] [--epochs 3] [--rounds 2] [--out PATH]
     [--allreduce-dtype float16 --accumulate 4 ...] [--setups "ray 1x2,ray 2x1 float16"]
@@ -12,7 +12,7 @@ and checkpoint writing, done between epochs, are not in it); the fixed cost is e
 in the process's wall time: imports, Ray and worker start, the first epoch's graph tracing
 beyond a steady epoch, validation, checkpoints, shutdown.
 
-Communication options (issue 10) add a fourth setup, one worker per CPU with those options,
+Communication options add a fourth setup, one worker per CPU with those options,
 and the ratio of every setup to Ray Train's 1 worker x all CPUs; --setups keeps only the named
 setups (each name as printed, or its start).
 
@@ -69,7 +69,8 @@ def child_keras(cfg_dict: dict) -> dict:
     from resnet_ray.config import TrainConfig
     from resnet_ray.data import load_data_dir
     from resnet_ray.keras_backend import keras, tf
-    from resnet_ray.train import build_compiled, make_dataset_fn
+    from resnet_ray.optim import build_compiled
+    from resnet_ray.input_pipeline import make_dataset_fn
 
     cfg = TrainConfig.from_dict(cfg_dict)
     train, _ = load_data_dir(cfg.data)

@@ -1,4 +1,4 @@
-"""Tune efficiency (issue 8, part 4): the same search with ASHA early stopping and with every
+"""Tune efficiency: the same search with ASHA early stopping and with every
 trial trained to the full budget: epochs spent, wall time, best validation accuracy.
 
 python -m bench.tune_asha [--quick] [--config tune_configs/bench.yaml] [--data DIR] [--out PATH]

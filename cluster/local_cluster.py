@@ -32,8 +32,7 @@ DEFAULT_PORT, DEFAULT_DASHBOARD_PORT = 6392, 8278
 AGENT_PORT_BASE = 52400
 STATE_FILE = "cluster.json"
 RAY = str(Path(sys.executable).with_name("ray"))
-# Where `ray start` records the cluster a bare `ray.init()` joins (see resnet_ray.train).
-CURRENT_CLUSTER_FILE = Path("/tmp/ray/ray_current_cluster")
+from resnet_ray.runtime import CURRENT_CLUSTER_FILE  # the cluster a bare ray.init() joins
 HEAD_ATTEMPTS = 2
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import numbers
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,63 +18,83 @@ DEFAULT_STORAGE = str(Path("runs").absolute())
 LR_SCHEDULES = ("constant", "cosine")
 LR_SCALINGS = ("linear", "sqrt", "none")
 ALLREDUCE_DTYPES = ("float32", "float16", "bfloat16")
-MODEL_NAMES = ("resnet50", "tiny")  # resnet_ray.model.MODELS; kept here so that checking a
-                                    # config does not import TensorFlow
+# resnet_ray.model.MODELS' names, here so that checking a config does not import TensorFlow.
+MODEL_NAMES = ("resnet50", "tiny")
+
+
+def option(default=dataclasses.MISSING, *, help: str | None = None, group: str | None = None,
+           choices: tuple | None = None, flag: bool = True, in_yaml: bool = True,
+           searchable: bool = True, expected: str | None = None, default_factory=None):
+    """A TrainConfig field with what the CLI, the YAML checks and the type checks need:
+    `flag` makes it a --option, `in_yaml` allows it in a search-space file's train section,
+    `searchable` in its search_space, `expected` words a type error's expected value."""
+    meta = {"help": help, "group": group, "choices": choices, "flag": flag,
+            "in_yaml": in_yaml, "searchable": searchable and in_yaml, "expected": expected}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+RECIPE = "training recipe"
+COMMUNICATION = "data-parallel communication"
 
 
 @dataclass
 class TrainConfig:
-    data: str = ""
-    model: str = "resnet50"
-    epochs: int = 20
-    batch_size: int = 32          # global: split evenly across workers
-    lr: float = 1e-3
-    num_workers: int = 2
-    cpus_per_worker: int = 1
-    use_gpu: bool = False
-    storage: str = DEFAULT_STORAGE
-    name: str = "resnet-ray"
-    export: str | None = None
-    max_failures: int = 2
-    keep_checkpoints: int = 2     # best K by validation accuracy, plus the latest
-    seed: int = 0
-    # Share of each class of the training file kept out to validate on (checkpoint choice,
-    # Tune's early stopping), so the test file stays unseen until the final numbers. 0 means
-    # validate on the test file as the seed's recipe did; its score then picked the model.
-    val_fraction: float = 0.1
-    # 0.9, not Keras' 0.99: with ~30 steps an epoch, 0.99 leaves the moving statistics
-    # epochs behind the weights and validation near chance early on (issue 7).
-    bn_momentum: float = 0.9
-    # Measured on the 0-5 photos, alone (README "Accuracy"): 0.1 kept validation at 100%
-    # through epochs 11-20 (99.6% mean without), and so did weight decay.
-    label_smoothing: float = 0.0
-    # Decoupled weight decay (AdamW) on the conv and dense kernels (0: plain Adam). 0.1
-    # measured best on validation, but off by default until a lone Ray worker trains with
-    # it exactly as the in-process loop does (tests/test_train_ray: 1.6% apart with it).
-    weight_decay: float = 0.0
-    # The training recipe beyond the seed's (issue 7), on by default because it measured
-    # better on real photos (README "Accuracy"): on-the-fly augmentation strength (0 = none;
-    # 1 = shifts and zoom of 10%, rotations of 10 degrees, brightness and contrast of 20%),
-    # and a cosine learning-rate decay after a linear warm-up from lr/10. The warm-up is
-    # capped at a fifth of the run (warmup_steps), so 1- and 2-epoch runs keep the default.
-    augment: float = 1.0
-    lr_schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    # Data-parallel communication (issue 10). Gradients are all-reduced in packs of this many
-    # MiB, so that the first packs travel while the backward pass still computes the rest
-    # (0: one pack after the whole backward pass, TensorFlow's default), and sent in this
-    # dtype (float16 or bfloat16 halve the bytes; weights and optimizer stay float32).
-    allreduce_pack_mb: float = 0.0
-    allreduce_dtype: str = "float32"
-    # Micro-batches of batch_size each worker computes before one all-reduce and update:
-    # the update then covers batch_size x accumulate images, and the all-reduce's cost is
-    # shared by that many. lr is the rate for batch_size; lr_scaling says how it grows with
-    # the update's batch (linear: x accumulate, the rule of Goyal et al. 2017; sqrt; none).
-    accumulate: int = 1
-    lr_scaling: str = "linear"
+    data: str = option("", help="directory with train_signs.h5, test_signs.h5, or the "
+                               "embedded photos: builtin:sign-digits (digits 0-5) or "
+                               "builtin:sign-digits-10", in_yaml=False)
+    model: str = option("resnet50", choices=MODEL_NAMES)
+    epochs: int = option(20)
+    batch_size: int = option(32, help="global batch")  # split evenly across workers
+    lr: float = option(1e-3)
+    num_workers: int = option(2)
+    cpus_per_worker: int = option(1)
+    use_gpu: bool = option(False)
+    storage: str = option(DEFAULT_STORAGE, help="local path or URI (s3://...)", in_yaml=False)
+    name: str = option("resnet-ray", in_yaml=False)
+    export: str | None = option(None, help="write the best checkpoint as a model directory "
+                                "here", in_yaml=False)
+    max_failures: int = option(2)
+    keep_checkpoints: int = option(2)  # best K by validation accuracy, plus the latest
+    seed: int = option(0, help="weights, data order and the validation split")
+    # Validation picks checkpoints and stops trials, so the test file stays unseen until
+    # the final numbers; 0 validates on the test file, as the seed's recipe did.
+    val_fraction: float = option(
+        0.1, help="share of each class of train_signs.h5 kept out to pick the best "
+                  "checkpoint; test_signs.h5 is only scored at export. 0 validates on "
+                  "test_signs.h5 (the seed recipe's way)")
+    augment: float = option(
+        1.0, group=RECIPE, help="augmentation strength: 0 none, 1 = 10%% shift/zoom, 10 "
+                                "degree rotation, 20%% brightness/contrast")
+    lr_schedule: str = option("cosine", group=RECIPE, choices=LR_SCHEDULES)
+    # Capped at a fifth of the run (warmup_steps), so 1- and 2-epoch runs keep the default.
+    warmup_epochs: float = option(1.0, group=RECIPE, help="linear warm-up from lr/10")
+    # Not Keras' 0.99: with ~30 steps an epoch the moving statistics would trail the
+    # weights by epochs, and validation would sit near chance early on.
+    bn_momentum: float = option(0.9, group=RECIPE)
+    label_smoothing: float = option(0.0, group=RECIPE)
+    # Off by default: docs/results.md has the measurements behind that.
+    weight_decay: float = option(0.0, group=RECIPE,
+                                 help="AdamW's decoupled weight decay on conv and dense "
+                                      "kernels (0: Adam)")
+    allreduce_pack_mb: float = option(
+        0.0, group=COMMUNICATION, help="all-reduce gradients in packs of this many MiB, "
+                                       "overlapping the backward pass (0: one pack at the end)")
+    allreduce_dtype: str = option("float32", group=COMMUNICATION, choices=ALLREDUCE_DTYPES,
+                                  help="dtype the gradients travel in; weights stay float32")
+    # lr is the rate for batch_size; lr_scaling says how it grows with the update's batch.
+    accumulate: int = option(1, group=COMMUNICATION,
+                             help="micro-batches of --batch-size per all-reduce and update "
+                                  "(the update then covers batch-size x accumulate images)")
+    lr_scaling: str = option("linear", group=COMMUNICATION, choices=LR_SCALINGS,
+                             help="how --lr grows with the update's batch when accumulating")
     # Filled in from the data by the driver; workers and exports rely on them.
-    input_shape: tuple[int, int, int] = (64, 64, 3)
-    classes: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5])
+    input_shape: tuple[int, int, int] = option((64, 64, 3), flag=False, searchable=False,
+                                               expected="[height, width, channels]")
+    classes: list[int] = option(flag=False, searchable=False,
+                                expected="a list of integer labels",
+                                default_factory=lambda: [0, 1, 2, 3, 4, 5])
 
     def __post_init__(self) -> None:
         self.input_shape = tuple(int(d) for d in self.input_shape)
@@ -174,32 +195,77 @@ class TrainConfig:
         return f"{self.storage.rstrip('/')}/{self.name}"
 
 
-_INTS = {"epochs", "batch_size", "num_workers", "cpus_per_worker", "max_failures",
-         "keep_checkpoints", "seed", "accumulate"}
-_FLOATS = {"lr", "bn_momentum", "label_smoothing", "weight_decay", "augment", "warmup_epochs", "val_fraction",
-           "allreduce_pack_mb"}
-_STRS = {"data", "model", "storage", "name", "lr_schedule", "allreduce_dtype", "lr_scaling"}
+def is_remote(location: str) -> bool:
+    """A URI such as s3://bucket/path rather than a local path."""
+    return "://" in str(location)
+
+
+def _fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def yaml_keys() -> set[str]:
+    """Keys a search-space file's train section may set."""
+    return {n for n, f in _fields().items() if f.metadata["in_yaml"]}
+
+
+def searchable_keys() -> set[str]:
+    """Keys a search-space file's search_space may sample."""
+    return {n for n, f in _fields().items() if f.metadata["searchable"]}
+
+
+def _is_int(v: Any) -> bool:  # numpy's integers too (Tune samples them)
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _expected_type(key: str, value: Any) -> str | None:
     """What a config value should have been, or None if it is fine (YAML and JSON give
     strings, lists and booleans where a number was meant; say so instead of failing later)."""
-    def is_int(v):  # numpy's integers too (Tune samples them)
-        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    kind = typing.get_type_hints(TrainConfig)[key]
+    if kind is int:
+        return None if _is_int(value) else "an integer"
+    if kind is float:
+        return None if isinstance(value, numbers.Real) and not isinstance(value, bool) \
+            else "a number"
+    if kind is str:
+        return None if isinstance(value, str) else "a string"
+    if kind is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if kind == (str | None):
+        return None if value is None or isinstance(value, str) else "a path or null"
+    ok = isinstance(value, (list, tuple)) and all(_is_int(v) for v in value)
+    if key == "input_shape":
+        ok = ok and len(value) == 3
+    if key == "classes":
+        ok = ok and isinstance(value, list)
+    return None if ok else _fields()[key].metadata["expected"]
 
-    if key in _INTS and not is_int(value):
-        return "an integer"
-    if key in _FLOATS and not (isinstance(value, numbers.Real) and not isinstance(value, bool)):
-        return "a number"
-    if key in _STRS and not isinstance(value, str):
-        return "a string"
-    if key == "export" and value is not None and not isinstance(value, str):
-        return "a path or null"
-    if key == "use_gpu" and not isinstance(value, bool):
-        return "true or false"
-    if key == "input_shape" and not (isinstance(value, (list, tuple)) and len(value) == 3
-                                     and all(is_int(v) for v in value)):
-        return "[height, width, channels]"
-    if key == "classes" and not (isinstance(value, list) and all(is_int(v) for v in value)):
-        return "a list of integer labels"
-    return None
+
+def add_arguments(parser) -> None:
+    """One --option per TrainConfig field with flag=True, in argument groups by `group`."""
+    defaults, groups = TrainConfig(), {}
+    for name, f in _fields().items():
+        meta = f.metadata
+        if not meta["flag"]:
+            continue
+        target = parser
+        if meta["group"]:
+            target = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        flag, kind = "--" + name.replace("_", "-"), typing.get_type_hints(TrainConfig)[name]
+        if kind is bool:
+            target.add_argument(flag, action="store_true", help=meta["help"])
+            continue
+        kwargs = {"default": getattr(defaults, name), "help": meta["help"]}
+        if kind in (int, float):
+            kwargs["type"] = kind
+        if meta["choices"]:
+            kwargs["choices"] = list(meta["choices"])
+        if name == "data":
+            kwargs = {"required": True, "help": meta["help"]}
+        target.add_argument(flag, **kwargs)
+
+
+def from_args(args) -> TrainConfig:
+    """The TrainConfig of parsed add_arguments() options."""
+    return TrainConfig(**{n: getattr(args, n) for n, f in _fields().items()
+                          if f.metadata["flag"]})

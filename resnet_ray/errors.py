@@ -27,3 +27,36 @@ class RunFailed(Exception):
 
 class CheckpointError(UserError):
     """A training checkpoint is incomplete or damaged."""
+
+
+# What a user does after Ctrl-C, per command; a run keeps what it wrote.
+RESUME_HINT = {"train": "run the same command again to resume",
+               "tune": "run the same command with --resume to continue the search"}
+
+
+def run_command(func, args, command: str) -> int:
+    """Run a command; a user's error or a failed run becomes one line on stderr and an exit
+    status (2 for bad input), never a traceback."""
+    import sys
+
+    try:
+        func(args)
+    except (UserError, RunFailed) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        how = RESUME_HINT.get(command)
+        print(f"interrupted; checkpoints written so far are kept: {how}" if how
+              else "interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def command_main(name: str, description: str, add_arguments, command, argv=None) -> int:
+    """`python -m resnet_ray.NAME ...`: one command's parser and run, without the CLI."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"python -m resnet_ray.{name}",
+                                     description=description)
+    add_arguments(parser)
+    return run_command(command, parser.parse_args(argv), name)

@@ -9,13 +9,18 @@ from typing import Any
 
 import numpy as np
 
-from .data import load_signs
+from . import embedded
+from .data import TEST_FILE, load_signs
 from .errors import DataError
-from .export import load_model_dir
+from .modeldir import load_model_dir
 from .predict import predict_probs
 
 
 def evaluate(model_dir: str | os.PathLike, data_file: str | os.PathLike) -> dict[str, Any]:
+    """Metrics of a model directory on a SIGNS-layout file, or on the held-out test photos
+    of an embedded data set (builtin:sign-digits)."""
+    if embedded.is_builtin(str(data_file)):
+        data_file = Path(embedded.resolve(str(data_file))) / TEST_FILE
     data = load_signs(data_file)
     model, meta = load_model_dir(model_dir)
     if data.classes != meta["classes"]:

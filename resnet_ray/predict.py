@@ -41,7 +41,7 @@ def load_images(paths: list[str | os.PathLike], input_shape) -> np.ndarray:
 
 
 def predict_files(model_dir: str | os.PathLike, paths: list[str | os.PathLike]) -> list[Prediction]:
-    from .export import load_model_dir
+    from .modeldir import load_model_dir
 
     model, meta = load_model_dir(model_dir)
     images = load_images(paths, meta["input_shape"])

@@ -24,10 +24,11 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from . import __version__, worker_env_vars
+from . import __version__, testhooks
 from .errors import UserError
 from .images import ImageError, decode_image, to_model_input
 from .predict import interpret
+from .runtime import init_ray, worker_env_vars
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_INSTANCES = 256
@@ -69,7 +70,7 @@ def _reject_constant(name: str):
 class DigitService:
     def __init__(self, model_dir: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                  max_instances: int = DEFAULT_MAX_INSTANCES, _gate=None):
-        from .export import load_model_dir
+        from .modeldir import load_model_dir
         from .keras_backend import tf
 
         self.model_dir = str(model_dir)
@@ -88,9 +89,7 @@ class DigitService:
         self.replica = {"id": serve.get_replica_context().replica_id.unique_id,
                         "node_id": ray.get_runtime_context().get_node_id(),
                         "pid": os.getpid()}
-        # Tests hold requests here (an actor with an async wait()), as Serve's own
-        # backpressure tests do, to fill the queue deterministically.
-        self._gate = _gate
+        self._gate = _gate  # test-only (testhooks.pass_gate)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Batch size and wait can change with `serve deploy` without restarting replicas."""
@@ -146,8 +145,7 @@ class DigitService:
     async def predict(self, request: Request):
         """One image (multipart `file` or raw image bytes) or JSON {"instances": [...]}."""
         try:
-            if self._gate is not None:
-                await self._gate.wait.remote()
+            await testhooks.pass_gate(self._gate)
             ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
             body = await self._read_body(request)
             if ctype == "application/json":
@@ -263,7 +261,7 @@ def build_app(args: dict[str, Any]):
 
 def application(args: dict[str, Any], num_replicas: int | None = None):
     """The app for args (see build_app), optionally with a replica count."""
-    from .export import check_model_file, read_metadata
+    from .modeldir import check_model_file, read_metadata
 
     args = dict(args or {})
     model_dir = args.pop("model_dir", None) or os.environ.get("RESNET_RAY_MODEL")
@@ -285,8 +283,6 @@ def application(args: dict[str, Any], num_replicas: int | None = None):
 def serve_foreground(model_dir: str, host: str = "127.0.0.1", port: int = 8000,
                      replicas: int = 1) -> None:
     """`resnet-ray serve`: run until Ctrl-C, then shut Serve down."""
-    from .train import init_ray
-
     if replicas < 1:
         raise UserError(f"--replicas: expected at least 1, got {replicas}")
     app = application({"model_dir": model_dir}, num_replicas=replicas)

@@ -1,5 +1,5 @@
-"""Ray Tune search over the Ray Train run: search spaces from YAML, ASHA early stopping,
-a results table and plots, and the best trial's best checkpoint exported.
+"""Ray Tune search over the Ray Train run: ASHA early stopping, a results table and plots,
+and the best trial's best checkpoint exported. Search spaces come from tune_spec.py.
 
 Each trial is a Tune function trainable that builds and fits the project's TensorflowTrainer
 (the Ray 2.60 pattern; `Tuner(trainer)` is deprecated), with metrics forwarded to Tune by
@@ -8,148 +8,18 @@ Each trial is a Tune function trainable that builds and fits the project's Tenso
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
 import json
-import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_STORAGE, TrainConfig
-from .errors import ConfigError
+from . import testhooks
+from .config import DEFAULT_STORAGE, TrainConfig, is_remote
+from .errors import ConfigError, RunFailed, command_main
+from .tune_spec import TuneSpec, load_spec
 
-DISTRIBUTIONS = {"loguniform": 2, "uniform": 2, "randint": 2, "choice": None, "grid": None}
-SEARCHERS = ("random", "optuna", "hyperopt")
-SCHEDULERS = ("asha", "fifo")
-TOP_KEYS = {"train", "search_space", "num_samples", "scheduler", "searcher", "metric", "mode",
-            "max_concurrent", "seed"}
-SCHEDULER_KEYS = {"type", "grace_period", "reduction_factor"}
-# Given on the command line, not in a search-space file.
-CLI_ONLY = {"data", "storage", "name", "export"}
 RESULTS_CSV = "trials.csv"
-
-
-@dataclass
-class TuneSpec:
-    source: str
-    train: dict[str, Any]
-    search_space: dict[str, dict[str, Any]]
-    num_samples: int = 8
-    scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "asha"})
-    searcher: str = "random"
-    metric: str = "val_accuracy"
-    mode: str = "max"
-    max_concurrent: int | None = None
-    seed: int = 0
-
-
-def load_spec(path: str | os.PathLike) -> TuneSpec:
-    """Read and check a search-space YAML; every error names the file and the key."""
-    import yaml
-
-    path = str(path)
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file; expected a search-space YAML such as "
-                          "tune_configs/default.yaml") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys {sorted(TOP_KEYS)}")
-    unknown = sorted(set(raw) - TOP_KEYS)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; expected one of {sorted(TOP_KEYS)}")
-
-    train = raw.get("train") or {}
-    if not isinstance(train, dict):
-        raise ConfigError(f"{path}: key 'train' must be a mapping of training options")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    for key in train:
-        if key not in fields - CLI_ONLY:
-            raise ConfigError(f"{path}: unknown key 'train.{key}'; expected one of "
-                              f"{sorted(fields - CLI_ONLY)}")
-    base = TrainConfig.from_dict({**train, "data": "-"}, source=f"{path}: train")
-    if base.num_workers < 1:
-        raise ConfigError(f"{path}: train.num_workers must be at least 1 for a search")
-
-    space = raw.get("search_space")
-    if not isinstance(space, dict) or not space:
-        raise ConfigError(f"{path}: key 'search_space' must map at least one training option "
-                          "to a distribution, e.g. lr: {loguniform: [1.0e-4, 1.0e-2]}")
-    for key, dist in space.items():
-        _check_distribution(path, key, dist, fields, base)
-
-    spec = TuneSpec(source=path, train=train, search_space=space)
-    for key, kind in (("num_samples", int), ("searcher", str), ("metric", str), ("mode", str),
-                      ("seed", int)):
-        if key in raw:
-            if not isinstance(raw[key], kind) or isinstance(raw[key], bool):
-                raise ConfigError(f"{path}: key '{key}' must be a {kind.__name__}, "
-                                  f"got {raw[key]!r}")
-            setattr(spec, key, raw[key])
-    if spec.num_samples < 1:
-        raise ConfigError(f"{path}: key 'num_samples' must be at least 1, got {spec.num_samples}")
-    if spec.searcher not in SEARCHERS:
-        raise ConfigError(f"{path}: key 'searcher' must be one of {list(SEARCHERS)}, "
-                          f"got {spec.searcher!r}")
-    if spec.mode not in ("min", "max"):
-        raise ConfigError(f"{path}: key 'mode' must be 'min' or 'max', got {spec.mode!r}")
-    if "max_concurrent" in raw and raw["max_concurrent"] is not None:
-        if not isinstance(raw["max_concurrent"], int) or raw["max_concurrent"] < 1:
-            raise ConfigError(f"{path}: key 'max_concurrent' must be a positive integer")
-        spec.max_concurrent = raw["max_concurrent"]
-    scheduler = raw.get("scheduler", {"type": "asha"})
-    if not isinstance(scheduler, dict) or set(scheduler) - SCHEDULER_KEYS:
-        extra = sorted(set(scheduler) - SCHEDULER_KEYS) if isinstance(scheduler, dict) else []
-        raise ConfigError(f"{path}: key 'scheduler' must be a mapping of {sorted(SCHEDULER_KEYS)}"
-                          + (f"; unknown key 'scheduler.{extra[0]}'" if extra else ""))
-    if scheduler.get("type", "asha") not in SCHEDULERS:
-        raise ConfigError(f"{path}: key 'scheduler.type' must be one of {list(SCHEDULERS)}, "
-                          f"got {scheduler.get('type')!r}")
-    for key in ("grace_period", "reduction_factor"):
-        if key in scheduler and (not isinstance(scheduler[key], int) or scheduler[key] < 1 or
-                                 (key == "reduction_factor" and scheduler[key] < 2)):
-            raise ConfigError(f"{path}: key 'scheduler.{key}' must be an integer >= "
-                              f"{2 if key == 'reduction_factor' else 1}, got {scheduler[key]!r}")
-    spec.scheduler = {"type": "asha", **scheduler}
-    return spec
-
-
-def _check_distribution(path: str, key: str, dist: Any, fields: set[str],
-                        base: TrainConfig) -> None:
-    where = f"{path}: search_space.{key}"
-    if key not in fields - CLI_ONLY - {"input_shape", "classes"}:
-        raise ConfigError(f"{where}: {key!r} is not a training option; expected one of "
-                          f"{sorted(fields - CLI_ONLY - {'input_shape', 'classes'})}")
-    if not isinstance(dist, dict) or len(dist) != 1:
-        raise ConfigError(f"{where}: expected one distribution such as "
-                          "{loguniform: [1.0e-4, 1.0e-2]} or {choice: [16, 32, 64]}")
-    (name, args), = dist.items()
-    if name not in DISTRIBUTIONS:
-        raise ConfigError(f"{where}: unknown distribution {name!r}; expected one of "
-                          f"{sorted(DISTRIBUTIONS)}")
-    if not isinstance(args, list) or not args:
-        raise ConfigError(f"{where}.{name}: expected a non-empty list, got {args!r}")
-    arity = DISTRIBUTIONS[name]
-    if arity is not None:
-        if len(args) != arity or not all(isinstance(a, (int, float)) and
-                                         not isinstance(a, bool) for a in args):
-            raise ConfigError(f"{where}.{name}: expected [low, high] numbers, got {args!r}")
-        low, high = args
-        if not low < high or (name == "loguniform" and low <= 0):
-            raise ConfigError(f"{where}.{name}: expected 0 < low < high for loguniform and "
-                              f"low < high otherwise, got {args!r}")
-        values = [low, high]
-    else:
-        values = args
-    # Every value a trial can get must make a valid training config.
-    for value in values:
-        try:
-            TrainConfig.from_dict({**base.to_dict(), key: value}, source=where).validate()
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: value {value!r} is invalid ({exc})") from None
 
 
 def param_space(spec: TuneSpec) -> dict[str, Any]:
@@ -196,13 +66,17 @@ def _scheduler(spec: TuneSpec, max_epochs: int):
                          reduction_factor=spec.scheduler.get("reduction_factor", 2))
 
 
-def tune_trial(params: dict[str, Any], data=None, base: dict[str, Any] | None = None) -> None:
+def tune_trial(params: dict[str, Any], data=None, base: dict[str, Any] | None = None,
+               hooks: dict[str, str] | None = None) -> None:
     """One trial: a Ray Train run of the project's trainer with this trial's parameters."""
+    import os
+
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from .train import build_trainer
 
+    os.environ.update(hooks or {})  # test-only fault hooks set where the search started
     overrides = dict(params)
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = TrainConfig.from_dict({**base, **overrides, "name": f"train-{trial_id}",
@@ -218,9 +92,10 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str = DEFAULT_STORAGE,
     import ray
     from ray import tune
 
-    from .train import init_ray, prepare_config
+    from .runtime import init_ray
+    from .train import prepare_config
 
-    if "://" in storage:
+    if is_remote(storage):
         raise ConfigError(f"--storage: searches keep their results table, plots and the "
                           f"trials' checkpoints on a local or shared path, got {storage!r}")
     base = TrainConfig.from_dict({**spec.train, "data": data_dir, "storage": "", "name": name})
@@ -239,7 +114,8 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str = DEFAULT_STORAGE,
     # for no CPU (Tune refuses an empty request, hence a token of memory), and
     # max_concurrent_trials keeps trials from waiting on each other's workers.
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trial, data=(train, val), base=base.to_dict()),
+        tune.with_parameters(tune_trial, data=(train, val), base=base.to_dict(),
+                             hooks=testhooks.forwarded_env()),
         {"cpu": 0, "memory": 2 ** 26})
     if resume:
         if not tune.Tuner.can_restore(str(experiment)):
@@ -270,7 +146,8 @@ def summarize(results, spec: TuneSpec, base: TrainConfig, experiment: Path,
     the held-out test file when data = (train, validation, test) is given)."""
     import pandas as pd
 
-    from .train import test_score_line, best_checkpoint_dir, export_checkpoint
+    from .checkpoints import best_checkpoint_dir
+    from .export import export_checkpoint, format_test_score
 
     rows, curves = [], {}
     searched = list(spec.search_space)
@@ -320,7 +197,7 @@ def summarize(results, spec: TuneSpec, base: TrainConfig, experiment: Path,
             print(f"exported trial {top['trial']} ({ckpt.name}) to {export}", flush=True)
             if "test" in meta:
                 summary["test"] = meta["test"]
-                print(test_score_line(meta), flush=True)
+                print(format_test_score(meta), flush=True)
     (experiment / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 
@@ -365,12 +242,34 @@ def plot_results(table, curves, spec: TuneSpec, experiment: Path) -> list[Path]:
     return paths
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True,
+                        help="search-space YAML (tune_configs/*.yaml)")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--storage", default=DEFAULT_STORAGE)
+    parser.add_argument("--name", default="tune")
+    parser.add_argument("--export", help="write the best trial's best checkpoint here")
+    parser.add_argument("--max-concurrent", type=int)
+    parser.add_argument("--num-samples", type=int)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted search")
+
+
+def command(a: argparse.Namespace) -> None:
+    summary = run_search(load_spec(a.config), a.data, storage=a.storage, name=a.name,
+                         export=a.export, max_concurrent=a.max_concurrent,
+                         num_samples=a.num_samples, resume=a.resume)
+    best = summary.get("best")
+    if best is None:
+        raise RunFailed(f"no trial of the search reported a result; see {summary['csv']}")
+    print(f"{summary['trials']} trials, {summary['epochs_run']} of {summary['epochs_budget']} "
+          f"epochs run; best: {best}\nresults: {summary['csv']}")
+
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m resnet_ray.tune ...`: the entrypoint for `ray job submit` and a RayJob."""
-    from .cli import main as cli_main
-
-    return cli_main(["tune", *(argv if argv is not None else sys.argv[1:])])
+    """`python -m resnet_ray.tune ...`: the entry point for `ray job submit` and a RayJob."""
+    return command_main("tune", "Ray Tune search over training options.", add_arguments,
+                        command, argv)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 import os
 
 from resnet_ray.serve import DigitService
-from resnet_ray.export import read_metadata
+from resnet_ray.modeldir import read_metadata
 
 MODEL_DIR = os.path.abspath(os.environ.get("RESNET_RAY_MODEL", "models/tuned"))
 read_metadata(MODEL_DIR)  # a clear error before any replica starts

@@ -1,6 +1,9 @@
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,11 @@ SHARED = ROOT.parent / "shared"
 DIGITS = SHARED / "datasets" / "sign-language-digits"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.pop("RAY_ADDRESS", None)  # the suite starts its own cluster, never a user's
+
+
+SERVE_PORT = 8311
+SERVE_URL = f"http://127.0.0.1:{SERVE_PORT}"
 
 
 def pytest_addoption(parser):
@@ -20,6 +28,9 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
+    # Tests with a private cluster stop the shared one; running them last starts it once.
+    items.sort(key=lambda item: "private_ray" in getattr(item, "fixturenames", ())
+               or item.get_closest_marker("private_cluster") is not None)
     if config.getoption("--long"):
         return
     skip = pytest.mark.skip(reason="long version only (pytest --long)")
@@ -29,10 +40,33 @@ def pytest_collection_modifyitems(config, items):
 
 
 def run_cli(*args, cwd=None, env=None, timeout=600):
-    """Run `resnet-ray ARGS` in a fresh interpreter, as a user would."""
+    """Run `resnet-ray ARGS` in a fresh interpreter, as a user would. With the shared
+    cluster up, the command joins it through RAY_ADDRESS."""
     return subprocess.run([sys.executable, "-m", "resnet_ray", *map(str, args)],
                           capture_output=True, text=True, cwd=cwd, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+class CliResult:
+    """What `cli.main` returned and printed, shaped like a finished subprocess."""
+
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cli(capsys):
+    """`resnet-ray ARGS` in this process: the same parser, errors and exit status as the
+    command, without a new interpreter's imports."""
+    from resnet_ray.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
 
 
 def assert_user_error(proc, *fragments):
@@ -41,6 +75,57 @@ def assert_user_error(proc, *fragments):
     assert "Traceback" not in proc.stderr, proc.stderr
     for fragment in fragments:
         assert fragment in proc.stderr, (fragment, proc.stderr)
+
+
+def stop_ray():
+    import ray
+    from ray.serve.context import _set_global_client
+
+    if ray.is_initialized():
+        ray.shutdown()
+    _set_global_client(None)  # a Serve handle to the stopped cluster would be stale
+    os.environ.pop("RAY_ADDRESS", None)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """The Ray cluster shared by every test that needs *a* cluster; CLI subprocesses join it
+    through RAY_ADDRESS. Tests with a private cluster run after all of its users."""
+    import ray
+
+    from resnet_ray.runtime import init_ray
+
+    if not ray.is_initialized():
+        init_ray()
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    yield
+    stop_ray()
+
+
+@pytest.fixture
+def private_ray():
+    """For a test that starts its own cluster or kills one: two clusters on one host break
+    Ray Train, so the shared one is stopped first."""
+    stop_ray()
+    yield
+    stop_ray()
+
+
+@pytest.fixture(scope="session")
+def serve_instance(ray_cluster):
+    """Ray Serve on the shared cluster, on one HTTP port for all tests; a module's
+    applications are deleted when it ends (delete_apps), as in Ray's own conftest."""
+    from ray import serve
+
+    serve.start(http_options={"host": "127.0.0.1", "port": SERVE_PORT})
+    yield SERVE_URL
+
+
+def delete_apps():
+    from ray import serve
+
+    for name in list(serve.status().applications):
+        serve.delete(name)
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +152,42 @@ def tiny_model_dir(synth_dir, tmp_path_factory):
                       export=str(base / "model"))
     run_training(cfg, quiet=True)
     return base / "model"
+
+
+@pytest.fixture(scope="session")
+def smoke_search(ray_cluster, synth_dir, tmp_path_factory):
+    """The shipped smoke search from the command line, with one trial's worker killed at the
+    start of its second epoch, interrupted with Ctrl-C once a trial has finished, then
+    resumed with --resume: one search serves every Tune test."""
+    from resnet_ray.testhooks import FAULT_ENV
+
+    base = tmp_path_factory.mktemp("tune")
+    marker = base / "fault"
+    args = ["tune", "--config", ROOT / "tune_configs" / "smoke.yaml", "--data", synth_dir,
+            "--storage", base, "--name", "smoke", "--export", base / "best"]
+    proc = subprocess.Popen([sys.executable, "-m", "resnet_ray", *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, FAULT_ENV: f"2:0:{marker}"})
+    experiment = base / "smoke"
+
+    def finished_trials():
+        return [p.parent for p in experiment.glob("tune_trial_*/result.json")
+                if any(json.loads(line).get("done") for line in p.read_text().splitlines())]
+
+    deadline = time.time() + 600
+    while not finished_trials() and time.time() < deadline and proc.poll() is None:
+        time.sleep(1)
+    assert proc.poll() is None, "the search ended before it could be interrupted"
+    done = {p.name: p.joinpath("result.json").read_text() for p in finished_trials()}
+    assert done, "no trial finished in time"
+    proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
+    proc.wait(timeout=300)
+    resumed = run_cli(*args, "--resume", timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((experiment / "summary.json").read_text())
+    from resnet_ray.tune_spec import load_spec
+
+    yield load_spec(args[2]), base, summary, done, args
 
 
 def digits_available():

@@ -10,10 +10,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.ray
-
-
-def test_bench_all_quick_writes_every_part(tmp_path):
+@pytest.mark.ray
+@pytest.mark.slow
+def test_bench_all_quick_writes_every_part(private_ray, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bench", "all", "--quick",
                            "--out-dir", str(tmp_path)], cwd=ROOT, capture_output=True,
                           text=True, timeout=1800)

@@ -1,6 +1,8 @@
 """cluster/: the manifests, launcher config, image recipe and runtime_env agree with the code,
 with pyproject.toml and with each other. No Kubernetes or cloud needed."""
 
+import argparse
+import functools
 import importlib.util
 import json
 import re
@@ -81,10 +83,11 @@ def test_rayjob_entrypoints_run_project_modules_with_valid_options(name):
     assert argv[:2] == ["python", "-m"]
     module = argv[2]
     assert importlib.util.find_spec(module) is not None, module
-    from resnet_ray.cli import build_parser
-
+    entry = importlib.import_module(module)  # `python -m` runs this module's main()
     command = module.rsplit(".", 1)[-1]
-    args = build_parser().parse_args([command, *argv[3:]])  # exits on an unknown option
+    parser = argparse.ArgumentParser()
+    entry.add_arguments(parser)
+    args = parser.parse_args(argv[3:])  # exits on an unknown option
     assert args.data.startswith("/shared/") and args.storage.startswith("/shared/")
     if command == "tune":
         # The config named must be one the image holds (cluster/Dockerfile copies tune_configs/).
@@ -137,7 +140,7 @@ def test_runtime_env_yaml_is_valid_and_sets_worker_env():
 
 
 def test_worker_env_carries_the_projects_settings_unless_the_user_set_them(monkeypatch):
-    from resnet_ray import WORKER_ENV_VARS, worker_env_vars
+    from resnet_ray.runtime import WORKER_ENV_VARS, worker_env_vars
 
     monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
     assert worker_env_vars()["TF_ENABLE_ONEDNN_OPTS"] == "1"
@@ -174,13 +177,18 @@ def test_manifests_validate_against_kuberay_crds(name):
     import jsonschema
 
     doc = load(name)
-    crd = yaml.safe_load((CRDS / f"ray.io_{doc['kind'].lower()}s.yaml").read_text())
-    version = doc["apiVersion"].split("/")[1]
-    schema = next(v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"]
-                  if v["name"] == version)
     # OpenAPI v3 extensions that jsonschema does not know are ignored; types and required
     # fields, enums and unknown fields (additionalProperties) are what catch typos.
-    jsonschema.validate(doc, _strict(schema))
+    jsonschema.validate(doc, _crd_schema(doc["kind"], doc["apiVersion"].split("/")[1]))
+
+
+@functools.lru_cache
+def _crd_schema(kind, version):
+    """The strict schema of a KubeRay CRD version (each file is read once: ~1 MB of YAML)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    crd = yaml.load((CRDS / f"ray.io_{kind.lower()}s.yaml").read_text(), Loader=loader)
+    return _strict(next(v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"]
+                        if v["name"] == version))
 
 
 def _strict(schema):
@@ -205,8 +213,5 @@ def test_a_typo_in_a_manifest_fails_crd_validation():
 
     doc = load("rayjob-train.yaml")
     doc["spec"]["shutdownAfterJobFinished"] = doc["spec"].pop("shutdownAfterJobFinishes")
-    crd = yaml.safe_load((CRDS / "ray.io_rayjobs.yaml").read_text())
-    schema = next(v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"]
-                  if v["name"] == "v1")
     with pytest.raises(jsonschema.ValidationError, match="shutdownAfterJobFinished"):
-        jsonschema.validate(doc, _strict(schema))
+        jsonschema.validate(doc, _crd_schema("RayJob", "v1"))

@@ -1,4 +1,4 @@
-"""Data-parallel communication options (issue 10): gradients that travel in float16 or
+"""Data-parallel communication options: gradients that travel in float16 or
 bfloat16 sum to what float32 gives, within the format's precision; the options are checked."""
 
 import json
@@ -25,7 +25,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import numpy as np
 from resnet_ray.config import TrainConfig
-from resnet_ray.train import build_compiled
+from resnet_ray.optim import build_compiled
 
 dtype, out = sys.argv[1], sys.argv[2]
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -65,9 +65,15 @@ def _summed_gradients(dtype, tmp_path):
         proc.stdout
 
 
+@pytest.fixture(scope="module")
+def float32_gradients(tmp_path_factory):
+    return _summed_gradients("float32", tmp_path_factory.mktemp("float32"))
+
+
 @pytest.mark.parametrize("dtype, tolerance", [("float16", 2e-3), ("bfloat16", 1e-2)])
-def test_compressed_gradients_sum_to_the_float32_sum(dtype, tolerance, tmp_path):
-    exact, out32 = _summed_gradients("float32", tmp_path)
+def test_compressed_gradients_sum_to_the_float32_sum(float32_gradients, dtype, tolerance,
+                                                     tmp_path):
+    exact, out32 = float32_gradients
     sent, out = _summed_gradients(dtype, tmp_path)
     assert "CompressedAllReduceAdam" in out and "float32" in out  # back to float32 for Adam
     assert "CompressedAllReduceAdam" not in out32
@@ -80,7 +86,7 @@ def test_compressed_gradients_sum_to_the_float32_sum(dtype, tolerance, tmp_path)
 def test_one_worker_keeps_float32_gradients(workers):
     """Nothing to all-reduce: a 1-worker run with --allreduce-dtype trains as without it."""
     from resnet_ray.keras_backend import keras
-    from resnet_ray.train import optimizer_class
+    from resnet_ray.optim import optimizer_class
 
     cfg = TrainConfig(model="tiny", data="-", num_workers=workers, allreduce_dtype="float16")
     assert optimizer_class(cfg) is keras.optimizers.Adam
@@ -170,7 +176,7 @@ def test_accumulation_applies_the_mean_of_its_micro_batch_gradients():
     """accumulate=2 on a batch of 16 takes one Adam step with the mean of the two halves'
     gradients: the same weights as computing each half by hand and averaging."""
     from resnet_ray.keras_backend import keras, tf
-    from resnet_ray.train import build_compiled
+    from resnet_ray.optim import build_compiled
 
     rng = np.random.default_rng(0)
     x = rng.random((16, 64, 64, 3), np.float32)
@@ -219,12 +225,13 @@ def test_accumulation_scales_the_learning_rate_and_the_update_batch():
 
 def test_cli_passes_the_communication_options_to_the_config():
     """Every communication option a user types reaches the TrainConfig the workers get."""
-    from resnet_ray.cli import _train_config, build_parser
+    from resnet_ray.cli import build_parser
+    from resnet_ray.config import from_args
 
     args = build_parser().parse_args(
         ["train", "--data", "d", "--num-workers", "2", "--allreduce-dtype", "float16",
          "--allreduce-pack-mb", "8", "--accumulate", "4", "--lr-scaling", "sqrt"])
-    cfg = _train_config(args)
+    cfg = from_args(args)
     assert (cfg.allreduce_dtype, cfg.allreduce_pack_mb, cfg.accumulate, cfg.lr_scaling) == \
         ("float16", 8.0, 4, "sqrt")
     assert cfg.update_batch_size == 4 * cfg.batch_size
@@ -258,7 +265,7 @@ def test_workers_start_with_a_malloc_that_keeps_freed_memory():
     """What every Ray worker starts with (worker_env_vars): glibc serves a 20 MiB block from
     its heap and keeps it after free, for the next step. A process without those settings
     maps it and unmaps it on free, so the next step faults it in again."""
-    from resnet_ray import worker_env_vars
+    from resnet_ray.runtime import worker_env_vars
 
     plain = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
 

@@ -109,8 +109,8 @@ def test_synth_is_deterministic_balanced_and_varied():
     assert len(train) == 30 and len(test) == 12
 
 
-def test_synth_cli_writes_signs_layout(tmp_path):
-    proc = run_cli("data", "synth", "--out", tmp_path, "--train", 24, "--test", 12)
+def test_synth_cli_writes_signs_layout(cli, tmp_path):
+    proc = cli("data", "synth", "--out", tmp_path, "--train", 24, "--test", 12)
     assert proc.returncode == 0, proc.stderr
     train, test = load_data_dir(tmp_path)
     assert (len(train), len(test)) == (24, 12) and train.classes == [0, 1, 2, 3, 4, 5]
@@ -129,9 +129,9 @@ def _image_folder(root, classes=(0, 1, 2), per_class=10):
     return root
 
 
-def test_import_writes_a_stratified_signs_layout(tmp_path):
+def test_import_writes_a_stratified_signs_layout(cli, tmp_path):
     images = _image_folder(tmp_path / "images")
-    proc = run_cli("data", "import", images, "--out", tmp_path / "out", "--classes", "0,1,2",
+    proc = cli("data", "import", images, "--out", tmp_path / "out", "--classes", "0,1,2",
                    "--size", 32, "--test-fraction", 0.2)
     assert proc.returncode == 0, proc.stderr
     train, test = load_data_dir(tmp_path / "out")
@@ -139,7 +139,7 @@ def test_import_writes_a_stratified_signs_layout(tmp_path):
     assert np.bincount(test.y).tolist() == [2, 2, 2]
     assert len(train) == 24
     # Deterministic per seed.
-    again = run_cli("data", "import", images, "--out", tmp_path / "again", "--classes", "0,1,2",
+    again = cli("data", "import", images, "--out", tmp_path / "again", "--classes", "0,1,2",
                     "--size", 32, "--test-fraction", 0.2)
     assert again.returncode == 0
     np.testing.assert_array_equal(load_data_dir(tmp_path / "again")[1].x, test.x)
@@ -158,7 +158,7 @@ def test_split_keeps_near_duplicates_on_one_side():
 
 
 @pytest.mark.parametrize("case", ["corrupt jpeg", "empty folder", "missing class", "no such dir"])
-def test_import_bad_inputs(tmp_path, case):
+def test_import_bad_inputs(cli, tmp_path, case):
     images = _image_folder(tmp_path / "images", classes=(0, 1), per_class=4)
     out = tmp_path / "out"
     if case == "corrupt jpeg":
@@ -176,7 +176,7 @@ def test_import_bad_inputs(tmp_path, case):
         images = tmp_path / "absent"
         fragments = [str(images), "no such directory"]
     classes = "0,1,2" if case == "missing class" else "0,1"
-    proc = run_cli("data", "import", images, "--out", out, "--classes", classes, "--quiet")
+    proc = cli("data", "import", images, "--out", out, "--classes", classes, "--quiet")
     assert_user_error(proc, *fragments)
     assert not out.exists() or not any(out.iterdir())
 
@@ -208,8 +208,8 @@ def test_decode_handles_modes_and_rejects_bombs(tmp_path):
 
 
 @needs_digits
-def test_import_the_shared_sign_language_digits(tmp_path):
-    proc = run_cli("data", "import", DIGITS, "--out", tmp_path, "--quiet")
+def test_import_the_shared_sign_language_digits(cli, tmp_path):
+    proc = cli("data", "import", DIGITS, "--out", tmp_path, "--quiet")
     assert proc.returncode == 0, proc.stderr
     train, test = load_data_dir(tmp_path)
     assert train.classes == [0, 1, 2, 3, 4, 5] and train.input_shape == (64, 64, 3)
@@ -267,12 +267,12 @@ def test_training_validates_on_a_split_of_the_training_file_never_on_the_test_fi
     np.testing.assert_array_equal(val0.x, test_file.x)
 
 
-def test_too_small_a_class_for_a_validation_split_is_named(tmp_path):
+def test_too_small_a_class_for_a_validation_split_is_named(cli, tmp_path):
     write_signs_dir(tmp_path, Signs(random_images(3), np.array([0, 1, 1]), [0, 1]),
                     Signs(random_images(2), np.array([0, 1]), [0, 1]))
-    proc = run_cli("train", "--data", tmp_path, "--model", "tiny", "--num-workers", "0",
+    proc = cli("train", "--data", tmp_path, "--model", "tiny", "--num-workers", "0",
                    "--batch-size", "1", "--storage", tmp_path / "runs")
     assert_user_error(proc, "class 0", "validation", "--val-fraction")
-    proc = run_cli("train", "--data", tmp_path, "--model", "tiny", "--val-fraction", "1.5",
+    proc = cli("train", "--data", tmp_path, "--model", "tiny", "--val-fraction", "1.5",
                    "--storage", tmp_path / "runs")
     assert_user_error(proc, "val_fraction", "below 1")

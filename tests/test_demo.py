@@ -6,14 +6,10 @@ import pytest
 
 from conftest import run_cli
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def test_demo_runs_the_whole_pipeline(tmp_path):
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
+def test_demo_runs_the_whole_pipeline(private_ray, tmp_path):
     proc = run_cli("demo", "--workdir", tmp_path, "--epochs", 1, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for step in ("1/6 synthesize", "2/6 train tiny on Ray Train with 2 workers",

@@ -15,12 +15,12 @@ import httpx
 import pytest
 import yaml
 
-from resnet_ray.export import load_model_dir
+from resnet_ray.modeldir import load_model_dir
 from resnet_ray.train import REPORTS_FILE
 
-from conftest import ROOT, random_images
+from conftest import ROOT, stop_ray, random_images
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.private_cluster]
 
 SCRIPT = ROOT / "cluster" / "local_cluster.py"
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -39,10 +39,7 @@ def script(state_dir, *args, check=True, timeout=300):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    import ray
-
-    if ray.is_initialized():  # a local cluster left by another module would compete
-        ray.shutdown()
+    stop_ray()  # two clusters on one host break Ray Train
     state_dir = tmp_path_factory.mktemp("cluster")
     script(state_dir, "start", "--workers", "3", "--cpus-per-worker", "1", "--head-cpus", "0",
            "--port", str(PORT), "--dashboard-port", str(DASHBOARD_PORT))
@@ -104,6 +101,7 @@ def test_job_trains_two_workers_on_two_nodes_and_exports(cluster, synth_dir, tmp
         "--storage", tmp_path / "runs", "--name", "multi", "--export", export])
     assert job_status(address, env, job_id) == "SUCCEEDED", (proc.stdout[-3000:],
                                                              proc.stderr[-3000:])
+    assert "epoch 2/2" in proc.stdout  # `ray job submit` streams the job's progress lines
     by_rank = {}
     run_reports = reports(tmp_path / "runs" / "multi")
     for r in run_reports:

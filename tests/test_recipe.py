@@ -8,12 +8,12 @@ import pytest
 from resnet_ray.config import TrainConfig
 from resnet_ray.errors import ConfigError
 
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error
 
 
 def _augment(x, strength, seed):
     from resnet_ray.keras_backend import tf
-    from resnet_ray.train import augment_batch
+    from resnet_ray.input_pipeline import augment_batch
 
     return augment_batch(tf.constant(x), strength, tf.constant(seed, tf.int64)).numpy()
 
@@ -33,7 +33,7 @@ def test_augmentation_is_seeded_bounded_and_off_at_zero(synth_dir):
 
 
 def test_learning_rate_schedules():
-    from resnet_ray.train import lr_at
+    from resnet_ray.optim import lr_at
 
     cfg = TrainConfig(epochs=5, lr=1e-3, lr_schedule="cosine", warmup_epochs=1)
     rates = [lr_at(cfg, 10, s) for s in range(50)]
@@ -70,8 +70,8 @@ def test_bad_recipe_values_are_named(field, value, fragment):
         TrainConfig(**{field: value}).validate()
 
 
-def test_cli_recipe_flags_reach_the_run_and_its_export(synth_dir, tmp_path):
-    proc = run_cli("train", "--data", synth_dir, "--model", "tiny", "--epochs", 2,
+def test_cli_recipe_flags_reach_the_run_and_its_export(cli, synth_dir, tmp_path):
+    proc = cli("train", "--data", synth_dir, "--model", "tiny", "--epochs", 2,
                    "--num-workers", 0, "--augment", 1, "--lr-schedule", "cosine",
                    "--warmup-epochs", 0.5, "--weight-decay", 0.05, "--storage", tmp_path,
                    "--name", "r",
@@ -80,7 +80,7 @@ def test_cli_recipe_flags_reach_the_run_and_its_export(synth_dir, tmp_path):
     meta = json.loads((tmp_path / "model" / "metadata.json").read_text())
     assert meta["config"]["augment"] == 1 and meta["config"]["lr_schedule"] == "cosine"
     assert meta["config"]["warmup_epochs"] == 0.5 and meta["config"]["weight_decay"] == 0.05
-    bad = run_cli("train", "--data", synth_dir, "--augment", "-1", "--num-workers", 0,
+    bad = cli("train", "--data", synth_dir, "--augment", "-1", "--num-workers", 0,
                   "--storage", tmp_path)
     assert_user_error(bad, "augment")
 
@@ -90,7 +90,7 @@ def test_weight_decay_shrinks_kernels_only():
     by exactly lr x decay x its old value; BatchNormalization's scale and shift and the
     biases take the same step as without."""
     from resnet_ray.keras_backend import keras
-    from resnet_ray.train import build_compiled
+    from resnet_ray.optim import build_compiled
 
     rng = np.random.default_rng(0)
     x = rng.random((8, 64, 64, 3), np.float32)

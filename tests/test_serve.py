@@ -1,9 +1,8 @@
-"""Ray Serve: HTTP API, batching, bad input, overload, CLI agreement, browser page."""
+"""Ray Serve: HTTP API, batching, bad input, CLI agreement, browser page (overload and
+faults: tests/reliability/test_serving.py)."""
 
-import asyncio
 import io
 import shutil
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -13,30 +12,21 @@ from PIL import Image
 
 from resnet_ray.data import load_signs
 
-from conftest import run_cli
+from conftest import SERVE_URL as URL, delete_apps
 
 pytestmark = pytest.mark.ray
-PORT = 8311
-URL = f"http://127.0.0.1:{PORT}"
 
 
 @pytest.fixture(scope="module")
-def served(tiny_model_dir):
-    import ray
+def served(serve_instance, tiny_model_dir):
     from ray import serve
 
     from resnet_ray.serve import build_app
-    from resnet_ray.train import init_ray
 
-    if ray.is_initialized():
-        ray.shutdown()
-    init_ray()
-    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     serve.run(build_app({"model_dir": str(tiny_model_dir), "max_body_bytes": 1_000_000}),
               name="digits", route_prefix="/")
     yield tiny_model_dir
-    serve.shutdown()
-    ray.shutdown()
+    delete_apps()
 
 
 @pytest.fixture(scope="module")
@@ -91,13 +81,13 @@ def test_health_metadata_and_openapi(served):
     assert "/predict" in schema["paths"] and "/metadata" in schema["paths"]
 
 
-def test_http_and_cli_answers_agree(served, images, tmp_path):
+def test_http_and_cli_answers_agree(served, images, tmp_path, cli):
     path = tmp_path / "hand.png"
     Image.fromarray(images[3]).resize((100, 100)).save(path)
     http = _post_file(path.read_bytes()).json()
-    cli = run_cli("predict", served, path)
-    assert cli.returncode == 0, cli.stderr
-    answer = cli.stdout.strip().split(": ", 1)[1]
+    proc = cli("predict", served, path)
+    assert proc.returncode == 0, proc.stderr
+    answer = proc.stdout.strip().split(": ", 1)[1]
     if http["found"]:
         assert answer == f"{http['digit']} ({http['probability']:.3f})"
     else:
@@ -170,53 +160,6 @@ def test_concurrent_requests_are_batched_and_batch_independent(served, images):
     assert max(batch_sizes) > 1, batch_sizes
     for a in answers[::6]:  # the same image, predicted inside different batches
         np.testing.assert_allclose(a.json()["probabilities"], alone, atol=1e-5)
-
-
-def test_overload_gets_fast_503s_then_full_service(served, images):
-    import ray
-    from ray import serve
-
-    from resnet_ray.serve import DigitService
-
-    @ray.remote(num_cpus=0)
-    class Gate:
-        def __init__(self):
-            self.event = asyncio.Event()
-
-        async def wait(self):
-            await self.event.wait()
-
-        def open(self):
-            self.event.set()
-
-    gate = Gate.remote()
-    serve.run(DigitService.options(max_ongoing_requests=1, max_queued_requests=1,
-                                   user_config={"max_batch_size": 1,
-                                                "batch_wait_timeout_s": 0.0},
-                                   ray_actor_options={"num_cpus": 0})
-              .bind(str(served), _gate=gate), name="slow", route_prefix="/slow")
-    payload = _png(images[0])
-
-    def post(_):
-        start = time.time()
-        r = httpx.post(f"{URL}/slow/predict", content=payload,
-                       headers={"content-type": "image/png"}, timeout=120)
-        return r.status_code, time.time() - start
-
-    with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(post, i) for i in range(8)]
-        time.sleep(5)
-        gate.open.remote()
-        results = [f.result() for f in futures]
-    codes = [c for c, _ in results]
-    assert codes.count(503) >= 5, codes
-    assert all(s < 5 for c, s in results if c == 503), results
-    assert set(codes) <= {200, 503}
-    assert 200 in codes
-    r = httpx.post(f"{URL}/slow/predict", content=payload, headers={"content-type": "image/png"},
-                   timeout=60)
-    assert r.status_code == 200
-    serve.delete("slow")
 
 
 @pytest.mark.skipif(not shutil.which("chromium") or not shutil.which("chromedriver"),

@@ -52,11 +52,7 @@ def _fake_model_dir(tmp_path):
 
 
 @pytest.mark.ray
-def test_serve_command_runs_in_the_foreground_and_stops_on_ctrl_c(tiny_model_dir):
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
+def test_serve_command_runs_in_the_foreground_and_stops_on_ctrl_c(private_ray, tiny_model_dir):
     port = 8317
     proc = subprocess.Popen([sys.executable, "-m", "resnet_ray", "serve", str(tiny_model_dir),
                              "--port", str(port)], stdout=subprocess.PIPE,

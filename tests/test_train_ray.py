@@ -8,23 +8,12 @@ import numpy as np
 import pytest
 
 from resnet_ray.config import TrainConfig
-from resnet_ray.export import load_model_dir
-from resnet_ray.train import FAULT_ENV, REPORTS_FILE, run_training
+from resnet_ray.modeldir import load_model_dir
+from resnet_ray.train import REPORTS_FILE, run_training
 
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error
 
-pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_cluster():
-    import ray
-
-    from resnet_ray.train import init_ray
-
-    init_ray()
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_cluster")]
 
 
 def _reports(run_dir):
@@ -39,7 +28,7 @@ def _config(synth_dir, tmp_path, **overrides):
 
 
 @pytest.fixture(scope="module")
-def two_worker_run(synth_dir, tmp_path_factory):
+def two_worker_run(ray_cluster, synth_dir, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("two")
     cfg = _config(synth_dir, tmp_path)
     return cfg, run_training(cfg, quiet=True)
@@ -100,36 +89,26 @@ def test_rerun_resumes_instead_of_starting_over(two_worker_run, tmp_path):
     assert load_model_dir(tmp_path / "again")[1]["metrics"]["epoch"] >= 1
 
 
-def test_killed_worker_is_recovered_from_the_last_checkpoint(synth_dir, tmp_path, monkeypatch):
-    marker = tmp_path / "fault-happened"
-    monkeypatch.setenv(FAULT_ENV, f"2:1:{marker}")
-    cfg = _config(synth_dir, tmp_path, epochs=3, max_failures=1)
-    result = run_training(cfg, quiet=True)
-    assert marker.exists(), "the fault was not injected"
-    assert result.metrics["epoch"] == 3
-    for rank in (0, 1):
-        epochs = [r["epoch"] for r in _reports(cfg.run_dir) if r["rank"] == rank]
-        assert epochs == [1, 2, 3], f"rank {rank} reported {epochs}"
-
-
-def test_one_and_two_workers_learn_alike(synth_dir, tmp_path):
-    losses = {}
-    for workers in (0, 1, 2):
+def test_one_and_two_workers_learn_alike(two_worker_run, synth_dir, tmp_path):
+    two, result = two_worker_run
+    losses = {2: result.metrics["loss"]}
+    for workers in (0, 1):
         # The lone Ray worker gets every CPU, so its thread pools are the size of this
         # process's (TensorFlow's defaults): with other sizes the kernels sum in another
-        # order, and on an AVX-512 machine that rounding grew to a 2% loss difference
-        # over 3 epochs (1 CPU: 1.900 against 1.940 in process).
+        # order, and that rounding grows over the epochs.
         cpus = os.cpu_count() if workers == 1 else 1
-        cfg = _config(synth_dir, tmp_path, num_workers=workers, epochs=3, name=f"w{workers}",
+        cfg = _config(synth_dir, tmp_path, num_workers=workers, name=f"w{workers}",
                       export=None, storage=str(tmp_path / f"runs{workers}"),
                       cpus_per_worker=cpus)
         losses[workers] = run_training(cfg, quiet=True).metrics["loss"]
-        if workers:
-            strategies = {r["strategy"] for r in _reports(cfg.run_dir)}
-            assert strategies == {"MultiWorkerMirroredStrategy" if workers == 2 else
-                                  "default (one worker, no all-reduce)"}, strategies
-            # TensorFlow sizes its pools by the host's cores; a worker uses what Ray gave it.
-            assert {r["tf_threads"] for r in _reports(cfg.run_dir)} == {cfg.cpus_per_worker}
+    for cfg in (two, _config(synth_dir, tmp_path, storage=str(tmp_path / "runs1"), name="w1",
+                             num_workers=1, cpus_per_worker=os.cpu_count())):
+        reports = [r for r in _reports(cfg.run_dir) if r["epoch"] <= 2]
+        assert {r["strategy"] for r in reports} == {
+            "MultiWorkerMirroredStrategy" if cfg.num_workers == 2 else
+            "default (one worker, no all-reduce)"}
+        # TensorFlow sizes its pools by the host's cores; a worker uses what Ray gave it.
+        assert {r["tf_threads"] for r in reports} == {cfg.cpus_per_worker}
     # A lone Ray worker trains as plain Keras in this process does: same gradients, same
     # data order, same augmentation.
     assert losses[1] == pytest.approx(losses[0], rel=1e-3), losses
@@ -138,7 +117,7 @@ def test_one_and_two_workers_learn_alike(synth_dir, tmp_path):
     assert losses[2] == pytest.approx(losses[1], rel=0.15), losses
 
 
-def test_uneven_global_batch_is_refused(synth_dir, tmp_path):
-    proc = run_cli("train", "--data", synth_dir, "--batch-size", 33, "--num-workers", 2,
+def test_uneven_global_batch_is_refused(cli, synth_dir, tmp_path):
+    proc = cli("train", "--data", synth_dir, "--batch-size", 33, "--num-workers", 2,
                    "--storage", tmp_path)
     assert_user_error(proc, "batch_size", "33", "2 workers")

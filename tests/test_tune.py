@@ -1,10 +1,5 @@
-"""Ray Tune: search-space files, the smoke search with ASHA, export, resume."""
-
-import json
-import signal
-import subprocess
-import sys
-import time
+"""Ray Tune: search-space files, the smoke search with ASHA, export, resume (the search is
+the session's smoke_search fixture in tests/conftest.py)."""
 
 import pandas as pd
 import pytest
@@ -12,10 +7,10 @@ import yaml
 
 from resnet_ray.config import MODEL_NAMES
 from resnet_ray.errors import ConfigError
-from resnet_ray.export import load_model_dir
-from resnet_ray.tune import load_spec, run_search
+from resnet_ray.modeldir import load_model_dir
+from resnet_ray.tune import load_spec
 
-from conftest import ROOT, assert_user_error, run_cli
+from conftest import ROOT, assert_user_error
 
 CONFIGS = sorted((ROOT / "tune_configs").glob("*.yaml"))
 
@@ -79,34 +74,17 @@ def test_bad_search_space_files_are_named(tmp_path, case):
     assert str(path) in str(info.value) and fragment in str(info.value), str(info.value)
 
 
-def test_cli_reports_a_bad_yaml_without_traceback(tmp_path, synth_dir):
+def test_cli_reports_a_bad_yaml_without_traceback(cli, tmp_path, synth_dir):
     path = _write(tmp_path, BAD["bad distribution"][0])
-    assert_user_error(run_cli("tune", "--config", path, "--data", synth_dir,
+    assert_user_error(cli("tune", "--config", path, "--data", synth_dir,
                               "--storage", tmp_path), str(path), "logunif")
-
-
-@pytest.fixture(scope="module")
-def smoke_search(synth_dir, tmp_path_factory):
-    import ray
-
-    from resnet_ray.train import init_ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    init_ray()
-    base = tmp_path_factory.mktemp("tune")
-    spec = load_spec(ROOT / "tune_configs" / "smoke.yaml")
-    summary = run_search(spec, str(synth_dir), storage=str(base), name="smoke",
-                         export=str(base / "best"))
-    yield spec, base, summary
-    ray.shutdown()
 
 
 @pytest.mark.ray
 def test_smoke_search_runs_trials_and_asha_stops_some_early(smoke_search):
-    spec, base, summary = smoke_search
+    spec, base, summary, _, _ = smoke_search
     table = pd.read_csv(base / "smoke" / "trials.csv")
-    assert len(table) >= 4
+    assert len(table) == spec.num_samples and (table["stop"] != "error").all(), table
     assert {"lr", "batch_size", "epochs", "best_val_accuracy", "stop"} <= set(table.columns)
     assert (table["stop"] == "stopped early (ASHA)").any(), table
     assert (table["epochs"] < spec.train["epochs"]).any()
@@ -119,7 +97,7 @@ def test_smoke_search_runs_trials_and_asha_stops_some_early(smoke_search):
 
 @pytest.mark.ray
 def test_smoke_search_exports_the_best_trial(smoke_search):
-    spec, base, summary = smoke_search
+    spec, base, summary, _, _ = smoke_search
     model, meta = load_model_dir(base / "best")
     table = pd.read_csv(base / "smoke" / "trials.csv")
     best = table.iloc[0]
@@ -129,35 +107,8 @@ def test_smoke_search_exports_the_best_trial(smoke_search):
 
 
 @pytest.mark.ray
-def test_interrupted_search_resumes_without_rerunning_finished_trials(synth_dir, tmp_path):
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    args = ["tune", "--config", ROOT / "tune_configs" / "smoke.yaml", "--data", synth_dir,
-            "--storage", tmp_path, "--name", "cut", "--max-concurrent", 1]
-    proc = subprocess.Popen([sys.executable, "-m", "resnet_ray", *map(str, args)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    experiment = tmp_path / "cut"
-
-    def finished_trials():
-        return [p.parent for p in experiment.glob("tune_trial_*/result.json")
-                if any(json.loads(line).get("done") for line in p.read_text().splitlines())]
-
-    deadline = time.time() + 600
-    while not finished_trials() and time.time() < deadline and proc.poll() is None:
-        time.sleep(2)
-    assert proc.poll() is None, "the search ended before it could be interrupted"
-    done = {p.name: p.joinpath("result.json").read_text() for p in finished_trials()}
-    assert done, "no trial finished in time"
-    proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
-    proc.wait(timeout=300)
-
-    resumed = run_cli(*args, "--resume", timeout=900)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    table = pd.read_csv(experiment / "trials.csv")
-    assert len(table) == 4 and (table["stop"] != "error").all(), table
+def test_interrupted_search_resumes_without_rerunning_finished_trials(smoke_search, cli):
+    _, base, _, done, args = smoke_search
     for name, before in done.items():  # finished trials were not run again
-        assert (experiment / name / "result.json").read_text() == before
-    again = run_cli(*[a for a in args], timeout=120)
-    assert again.returncode == 2 and "already exists" in again.stderr
+        assert (base / "smoke" / name / "result.json").read_text() == before
+    assert_user_error(cli(*args), "already exists")

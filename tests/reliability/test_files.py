@@ -38,26 +38,26 @@ def _damaged_data(synth_dir, tmp_path, how):
 
 
 @pytest.mark.parametrize("how", ["truncated", "corrupted"])
-def test_damaged_hdf5_is_named_and_the_previous_export_survives(synth_dir, tiny_model_dir,
+def test_damaged_hdf5_is_named_and_the_previous_export_survives(cli, synth_dir, tiny_model_dir,
                                                                  tmp_path, how):
     data = _damaged_data(synth_dir, tmp_path, how)
     export = tmp_path / "model"
     shutil.copytree(tiny_model_dir, export)
     before = _digest(export)
-    proc = run_cli("train", "--data", data, "--model", "tiny", "--epochs", 1,
+    proc = cli("train", "--data", data, "--model", "tiny", "--epochs", 1,
                    "--num-workers", 0, "--storage", tmp_path / "runs", "--export", export)
     assert_user_error(proc, "train_signs.h5")
     assert _digest(export) == before
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("checkpoint_*"))
     if how == "truncated":
-        assert_user_error(run_cli("evaluate", tiny_model_dir, "--data", data / "train_signs.h5"),
+        assert_user_error(cli("evaluate", tiny_model_dir, "--data", data / "train_signs.h5"),
                           "train_signs.h5")
 
 
 @pytest.mark.parametrize("damage", ["missing model file", "truncated model file",
                                     "model file is not a zip", "metadata not JSON"])
 @pytest.mark.parametrize("command", ["predict", "evaluate", "serve"])
-def test_damaged_model_directory_is_named(tiny_model_dir, synth_dir, tmp_path, damage, command):
+def test_damaged_model_directory_is_named(cli, tiny_model_dir, synth_dir, tmp_path, damage, command):
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     keras_file = model / "model.keras"
@@ -77,7 +77,7 @@ def test_damaged_model_directory_is_named(tiny_model_dir, synth_dir, tmp_path, d
     args = {"predict": ["predict", model, image], "evaluate": ["evaluate", model, "--data",
                                                               synth_dir / "test_signs.h5"],
             "serve": ["serve", model, "--port", 8399]}[command]
-    proc = run_cli(*args, timeout=300)
+    proc = cli(*args)
     culprit = "metadata.json" if damage == "metadata not JSON" else "model.keras"
     assert_user_error(proc, culprit)
     assert _digest(model) == before
@@ -88,14 +88,14 @@ def test_damaged_model_directory_is_named(tiny_model_dir, synth_dir, tmp_path, d
     ({"input_shape": [32, 32, 3]}, "input_shape"),
     ({"classes": [0, 1, 2, 3, 4, 4]}, "classes"),
 ])
-def test_metadata_that_disagrees_with_the_model_is_refused(tiny_model_dir, synth_dir, tmp_path,
+def test_metadata_that_disagrees_with_the_model_is_refused(cli, tiny_model_dir, synth_dir, tmp_path,
                                                            change, fragment):
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     meta = json.loads((model / "metadata.json").read_text())
     meta.update(change)
     (model / "metadata.json").write_text(json.dumps(meta))
-    proc = run_cli("evaluate", model, "--data", synth_dir / "test_signs.h5")
+    proc = cli("evaluate", model, "--data", synth_dir / "test_signs.h5")
     assert_user_error(proc, "metadata.json", fragment)
 
 
@@ -107,27 +107,27 @@ def test_metadata_that_disagrees_with_the_model_is_refused(tiny_model_dir, synth
     (lambda c: c["scheduler"].update(grace_period=-1), "grace_period"),
     (lambda c: c.update(search_space=[1, 2]), "search_space"),
 ])
-def test_tune_yaml_with_wrong_types_is_named_and_nothing_is_written(synth_dir, tmp_path, edit,
+def test_tune_yaml_with_wrong_types_is_named_and_nothing_is_written(cli, synth_dir, tmp_path, edit,
                                                                     fragment):
     config = yaml.safe_load((ROOT / "tune_configs" / "smoke.yaml").read_text())
     edit(config)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
-    proc = run_cli("tune", "--config", path, "--data", synth_dir, "--storage", tmp_path / "runs",
-                   "--name", "bad", timeout=300)
+    proc = cli("tune", "--config", path, "--data", synth_dir, "--storage", tmp_path / "runs",
+                   "--name", "bad")
     assert_user_error(proc, str(path), fragment)
     assert not (tmp_path / "runs" / "bad").exists()
 
 
-def test_damaged_training_checkpoint_stops_the_resume_and_is_kept(synth_dir, tmp_path):
+def test_damaged_training_checkpoint_stops_the_resume_and_is_kept(cli, synth_dir, tmp_path):
     args = ["train", "--data", synth_dir, "--model", "tiny", "--num-workers", 0,
             "--storage", tmp_path, "--name", "run"]
-    assert run_cli(*args, "--epochs", 1).returncode == 0
+    assert cli(*args, "--epochs", 1).returncode == 0
     (ckpt,) = (tmp_path / "run").glob("checkpoint_epoch_*")
     weights = ckpt / "model.weights.h5"
     weights.write_bytes(weights.read_bytes()[:500])
     before = _digest(tmp_path / "run")
-    proc = run_cli(*args, "--epochs", 2)
+    proc = cli(*args, "--epochs", 2)
     assert_user_error(proc, str(weights), "damaged")
     assert _digest(tmp_path / "run") == before
 
@@ -136,7 +136,8 @@ def test_checkpoint_arrays_are_loaded_without_pickle(tmp_path):
     """An optimizer file holding a pickled object must not run it."""
     from resnet_ray.config import TrainConfig
     from resnet_ray.errors import CheckpointError
-    from resnet_ray.train import build_compiled, restore_checkpoint, save_checkpoint
+    from resnet_ray.optim import build_compiled
+    from resnet_ray.checkpoints import restore_checkpoint, save_checkpoint
 
     cfg = TrainConfig(data="x", model="tiny", input_shape=[64, 64, 3], classes=[0, 1])
     model, optimizer = build_compiled(cfg)
@@ -155,7 +156,7 @@ def test_checkpoint_arrays_are_loaded_without_pickle(tmp_path):
 
 def test_model_file_with_code_is_refused_not_run(tiny_model_dir, tmp_path):
     """Keras safe mode: a Lambda layer's bytecode in model.keras is never deserialised."""
-    from resnet_ray.export import save_model_dir
+    from resnet_ray.modeldir import save_model_dir
     from resnet_ray.keras_backend import keras
 
     marker = tmp_path / "pwned"
@@ -175,3 +176,30 @@ def test_model_file_with_code_is_refused_not_run(tiny_model_dir, tmp_path):
     proc = run_cli("predict", evil, image, env={"RESNET_RAY_ARM": "1"})
     assert_user_error(proc, "model.keras")
     assert not marker.exists()
+
+
+def test_a_name_reused_for_an_incompatible_run_is_refused_before_training(cli, synth_dir,
+                                                                         tiny_model_dir):
+    runs = tiny_model_dir.parent / "runs"  # the tiny run of conftest: model tiny, 6 classes
+    before = _digest(runs)
+    proc = cli("train", "--data", synth_dir, "--model", "resnet50", "--num-workers", 2,
+               "--storage", runs, "--name", "tiny")
+    assert_user_error(proc, "--name tiny", "model 'resnet50' here, 'tiny' there",
+                      "num_workers 2 here, 0 there", "another --name")
+    assert _digest(runs) == before
+
+
+def test_a_checkpoint_cut_off_while_written_or_pruned_is_ignored(tiny_model_dir, tmp_path):
+    from resnet_ray.checkpoints import best_checkpoint_dir, check_checkpoints
+
+    source = sorted((tiny_model_dir.parent / "runs" / "tiny").glob("checkpoint_epoch_*"))[-1]
+    whole = tmp_path / "checkpoint_epoch_0001"
+    shutil.copytree(source, whole)
+    # A driver killed while Ray deleted a pruned checkpoint leaves its state without weights.
+    cut = tmp_path / "checkpoint_epoch_0002"
+    cut.mkdir()
+    state = json.loads((whole / "state.json").read_text())
+    state["metrics"]["val_accuracy"] = 2.0  # would win if it counted
+    (cut / "state.json").write_text(json.dumps(state))
+    check_checkpoints(str(tmp_path))  # no error: nothing damaged, one incomplete
+    assert best_checkpoint_dir(tmp_path) == whole

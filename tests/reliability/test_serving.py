@@ -22,30 +22,23 @@ from resnet_ray.images import decode_image, to_model_input
 
 from corpus import build
 
+from conftest import SERVE_URL as URL, delete_apps
+
 pytestmark = [pytest.mark.ray, pytest.mark.reliability]
-PORT = 8312
-URL = f"http://127.0.0.1:{PORT}"
 MAX_BODY, MAX_INSTANCES = 1_000_000, 256
-HOLD = 15  # seconds the overload test keeps its gated replica busy
+HOLD = 8  # seconds the overload test keeps its gated replica busy
 
 
 @pytest.fixture(scope="module")
-def served(tiny_model_dir):
-    import ray
+def served(serve_instance, tiny_model_dir):
     from ray import serve
 
     from resnet_ray.serve import build_app
-    from resnet_ray.train import init_ray
 
-    if ray.is_initialized():
-        ray.shutdown()
-    init_ray()
-    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     serve.run(build_app({"model_dir": str(tiny_model_dir), "max_body_bytes": MAX_BODY,
                          "max_instances": MAX_INSTANCES}), name="digits", route_prefix="/")
     yield tiny_model_dir
-    serve.shutdown()
-    ray.shutdown()
+    delete_apps()
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +48,7 @@ def images(synth_dir):
 
 @pytest.fixture(scope="module")
 def local_model(tiny_model_dir):
-    from resnet_ray.export import load_model_dir
+    from resnet_ray.modeldir import load_model_dir
 
     return load_model_dir(tiny_model_dir)[0]
 

@@ -1,5 +1,5 @@
 """Training under faults: a worker SIGKILLed at a random step (seeded runs), the driver killed
-and the command re-run, a Tune trial whose worker dies once."""
+and the command re-run, a Tune trial whose worker dies once (in the shared smoke search)."""
 
 import json
 import os
@@ -10,15 +10,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
-import yaml
 
 from resnet_ray.config import TrainConfig
-from resnet_ray.export import load_model_dir
-from resnet_ray.train import (FAULT_ENV, KILL_ENV, REPORTS_FILE, build_compiled,
-                              prepare_config, restore_checkpoint, run_training)
+from resnet_ray.modeldir import load_model_dir
+from resnet_ray.checkpoints import restore_checkpoint
+from resnet_ray.optim import build_compiled
+from resnet_ray.testhooks import KILL_ENV
+from resnet_ray.train import REPORTS_FILE, prepare_config, run_training
 
-from conftest import ROOT, run_cli
+from conftest import run_cli
 
 pytestmark = [pytest.mark.ray, pytest.mark.reliability]
 EPOCHS, BATCH = 3, 32
@@ -42,19 +44,6 @@ def _assert_checkpoints_readable(run_dir, cfg):
     leftovers = [p.name for p in Path(run_dir).iterdir()
                  if p.is_dir() and (p.name.startswith(".") or "tmp" in p.name)]
     assert not leftovers, leftovers
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    from resnet_ray.train import init_ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    init_ray()
-    yield
-    ray.shutdown()
 
 
 @pytest.mark.parametrize("seed", [0] + [pytest.param(s, marks=pytest.mark.long)
@@ -83,11 +72,7 @@ def test_worker_sigkilled_at_a_random_step_is_recovered(ray_cluster, synth_dir, 
     print(f"\nseed {seed}: rank {rank} SIGKILLed after step {step}/{steps}; run completed")
 
 
-def test_killed_driver_then_rerun_resumes(synth_dir, tmp_path):
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
+def test_killed_driver_then_rerun_resumes(private_ray, synth_dir, tmp_path):
     epochs = 5
     args = ["train", "--data", synth_dir, "--model", "tiny", "--epochs", epochs,
             "--num-workers", 2, "--storage", tmp_path / "runs", "--name", "driver",
@@ -118,28 +103,12 @@ def test_killed_driver_then_rerun_resumes(synth_dir, tmp_path):
     assert load_model_dir(tmp_path / "model")[1]["metrics"]["epoch"] >= 1
 
 
-def test_tune_trial_whose_worker_dies_once_recovers(synth_dir, tmp_path):
-    import pandas as pd
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    config = yaml.safe_load((ROOT / "tune_configs" / "smoke.yaml").read_text())
-    config["train"].update(num_workers=2, epochs=3, max_failures=1)
-    config["num_samples"] = 1
-    config["scheduler"] = {"type": "fifo"}
-    path = tmp_path / "one.yaml"
-    path.write_text(yaml.safe_dump(config))
-    marker = tmp_path / "fault"
-    proc = run_cli("tune", "--config", path, "--data", synth_dir, "--storage", tmp_path,
-                   "--name", "faulty", "--export", tmp_path / "best",
-                   env={FAULT_ENV: f"2:1:{marker}"}, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert marker.exists(), "the fault was not injected"
-    table = pd.read_csv(tmp_path / "faulty" / "trials.csv")
-    assert len(table) == 1 and table["stop"].iloc[0] != "error", table
-    assert table["epochs"].iloc[0] == 3
-    (reports,) = (tmp_path / "faulty").rglob(REPORTS_FILE)
-    lines = [json.loads(line) for line in reports.read_text().splitlines()]
-    for rank in (0, 1):
-        assert [r["epoch"] for r in lines if r["rank"] == rank] == [1, 2, 3]
+def test_tune_trial_whose_worker_dies_once_recovers(smoke_search):
+    """The smoke search (tests/conftest.py) killed one trial's worker once."""
+    _, base, _, _, _ = smoke_search
+    assert (base / "fault").exists(), "the fault was not injected"
+    table = pd.read_csv(base / "smoke" / "trials.csv")
+    assert (table["stop"] != "error").all(), table
+    for reports in (base / "smoke").rglob(REPORTS_FILE):
+        epochs = [json.loads(line)["epoch"] for line in reports.read_text().splitlines()]
+        assert epochs == list(range(1, len(epochs) + 1)), (reports, epochs)

@@ -1,0 +1,195 @@
+"""Training checkpoints: writing, reading and checking them, the Ray and local stores, and
+choosing the best one.
+
+A checkpoint directory holds the weights (Keras HDF5), the optimizer's variables (numpy
+arrays, never pickles), the run's TrainConfig and state.json (epoch, history, metrics).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import TrainConfig
+from .errors import CheckpointError, ConfigError
+
+WEIGHTS_FILE = "model.weights.h5"
+OPTIMIZER_FILE = "optimizer.npz"
+STATE_FILE = "state.json"
+CONFIG_FILE = "config.json"
+PREFIX = "checkpoint_epoch_"
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"{PREFIX}{epoch:04d}"
+
+
+def save_checkpoint(directory: Path, model, optimizer, cfg: TrainConfig,
+                    state: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_weights(directory / WEIGHTS_FILE)
+    np.savez(directory / OPTIMIZER_FILE, *[v.numpy() for v in optimizer.variables])
+    cfg.save(directory / CONFIG_FILE)
+    (directory / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+
+def read_checkpoint(directory: Path, model=None) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """(optimizer variables, state) of a checkpoint, with its weights loaded into `model`, or
+    only opened when no model is given; a damaged file raises CheckpointError naming it."""
+    import h5py
+
+    part = directory / WEIGHTS_FILE
+    try:
+        if model is not None:
+            model.load_weights(part)
+        else:
+            with h5py.File(part, "r"):
+                pass
+        part = directory / OPTIMIZER_FILE
+        # Arrays only (allow_pickle=False): a checkpoint can't make us run code.
+        with np.load(part, allow_pickle=False) as saved:
+            values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        part = directory / STATE_FILE
+        state = json.loads(part.read_text())
+        state["epoch"]
+    except Exception as exc:  # h5py, numpy and json raise many types for a damaged file
+        raise CheckpointError(f"{part}: cannot be read ({type(exc).__name__}: {exc}); the "
+                              f"checkpoint is damaged: move {directory} away to resume from "
+                              f"an earlier one") from None
+    return values, state
+
+
+def restore_checkpoint(directory: Path, model, optimizer) -> dict[str, Any]:
+    """Load weights and optimizer state into a (possibly distributed) model; return its state."""
+    values, state = read_checkpoint(directory, model)
+    optimizer.build(model.trainable_variables)
+    if len(values) != len(optimizer.variables):
+        raise CheckpointError(f"{directory / OPTIMIZER_FILE}: holds {len(values)} optimizer "
+                              f"variables, the model needs {len(optimizer.variables)}")
+    for var, value in zip(optimizer.variables, values):
+        var.assign(value)
+    return state
+
+
+FILES = (WEIGHTS_FILE, OPTIMIZER_FILE, CONFIG_FILE, STATE_FILE)
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """A run directory's checkpoints that hold every file, oldest first. One that lacks a
+    file was cut off while being written or pruned (a killed driver) and is ignored."""
+    return sorted(p for p in Path(run_dir).glob(f"{PREFIX}*")
+                  if all((p / name).is_file() for name in FILES))
+
+
+def check_checkpoints(run_dir: str) -> None:
+    """Refuse to resume from a damaged checkpoint, naming it, before any worker starts: Ray
+    Train would hand it to every worker, and the run would spend its --max-failures on it."""
+    for directory in complete_checkpoints(run_dir):
+        read_checkpoint(directory)
+
+
+def checkpoint_score(directory: Path, metric: str) -> float | None:
+    """The metric recorded in a checkpoint's state.json, or None if it has none."""
+    try:
+        return float(json.loads((directory / STATE_FILE).read_text())["metrics"][metric])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def best_checkpoint_dir(run_dir: str | Path, metric: str = "val_accuracy",
+                        mode: str = "max") -> Path | None:
+    """The best complete checkpoint of a run directory by its recorded metric (the earliest
+    of equals)."""
+    scored = [(s, p) for p in complete_checkpoints(run_dir)
+              if (s := checkpoint_score(p, metric)) is not None]
+    sign = 1 if mode == "max" else -1
+    best = max(enumerate(scored), key=lambda i_sp: (sign * i_sp[1][0], -i_sp[0]), default=None)
+    return best[1][1] if best else None
+
+
+class RayCheckpoints:
+    """Checkpoints through Ray Train: rank 0 reports one each epoch; Ray persists and prunes."""
+
+    def latest(self):
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        return (checkpoint, checkpoint.as_directory()) if checkpoint else None
+
+    def report(self, metrics: dict[str, Any], write, rank: int) -> None:
+        import ray.train
+
+        if rank != 0:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            write(Path(d))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
+                             checkpoint_dir_name=checkpoint_name(metrics["epoch"]))
+
+
+class LocalCheckpoints:
+    """Checkpoints of a single-process run (Ray Train's local mode persists none): written
+    atomically into the run directory, best `keep` by val_accuracy plus the latest kept."""
+
+    def __init__(self, run_dir: str, keep: int):
+        self.run_dir, self.keep = Path(run_dir), keep
+
+    def latest(self):
+        done = complete_checkpoints(self.run_dir)
+        return (done[-1], contextlib.nullcontext(str(done[-1]))) if done else None
+
+    def report(self, metrics: dict[str, Any], write, rank: int) -> None:
+        import ray.train
+
+        final = self.run_dir / checkpoint_name(metrics["epoch"])
+        tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=self.run_dir))
+        try:
+            write(tmp)
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        done = complete_checkpoints(self.run_dir)
+        score = {p: checkpoint_score(p, "val_accuracy") or 0.0 for p in done}
+        kept = set(sorted(done, key=lambda p: (score[p], p.name), reverse=True)[:self.keep])
+        for p in done:
+            if p not in kept and p != final:
+                shutil.rmtree(p, ignore_errors=True)
+        ray.train.report(metrics)
+
+    def best(self) -> Path | None:
+        return best_checkpoint_dir(self.run_dir)
+
+
+# What makes a checkpoint unusable for another run: the weights' and optimizer's shapes, and
+# the store that holds it (a single process writes its own; Ray Train's are reported).
+RUN_IDENTITY = ("model", "classes", "input_shape")
+
+
+def check_same_run(cfg: TrainConfig) -> None:
+    """Refuse, before any worker starts, to resume a run directory whose checkpoints were
+    written by a run that differs in what makes them unusable; the same run resumes."""
+    done = complete_checkpoints(cfg.run_dir)
+    if not done:
+        return
+    try:
+        before = TrainConfig.load(done[-1] / CONFIG_FILE)
+    except Exception:  # a damaged config is check_checkpoints' to report
+        return
+    fields = [f for f in RUN_IDENTITY if getattr(before, f) != getattr(cfg, f)]
+    if (before.num_workers == 0) != (cfg.num_workers == 0):
+        fields.append("num_workers")
+    if fields:
+        differs = "; ".join(f"{f} {getattr(cfg, f)!r} here, {getattr(before, f)!r} there"
+                            for f in fields)
+        raise ConfigError(
+            f"--name {cfg.name}: {cfg.run_dir} holds checkpoints of a different run "
+            f"({differs}); resume it with its own options, or start fresh with another "
+            f"--name (or after removing {cfg.run_dir})")

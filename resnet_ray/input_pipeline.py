@@ -1,0 +1,71 @@
+"""The per-worker input pipeline: one shuffled order shared by all workers, each taking its
+own shard of every global batch, with augmentation computed on the worker."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import TrainConfig
+from .data import Signs
+
+
+def make_dataset_fn(train: Signs, cfg: TrainConfig, first_epoch: int):
+    """Per-worker input: one shuffled order shared by all workers, each taking its own shard,
+    augmented on the worker (cfg.augment) with seeds that depend on the shard and the step."""
+    from .keras_backend import tf
+
+    x, y = train.x, train.y.astype(np.int32)
+    classes = len(train.classes)
+    seed = cfg.seed + first_epoch  # a resumed run does not replay the first epochs' order
+
+    def dataset_fn(input_context):
+        # A worker's batch holds all its micro-batches; the train step splits it.
+        per_replica = input_context.get_per_replica_batch_size(cfg.update_batch_size)
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).repeat()
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        ds = ds.batch(per_replica, drop_remainder=True)
+        ds = ds.map(lambda xb, yb: (tf.cast(xb, tf.float32) / 255.0, tf.one_hot(yb, classes)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+        if cfg.augment > 0:
+            stream = seed * 1009 + input_context.input_pipeline_id
+            ds = ds.enumerate().map(
+                lambda i, batch: (augment_batch(batch[0], cfg.augment,
+                                                tf.stack([tf.cast(stream, tf.int64), i])),
+                                  batch[1]),
+                num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    return dataset_fn
+
+
+def augment_batch(images, strength: float, seed):
+    """Random shift, zoom, rotation, brightness and contrast of a batch of [0, 1] images.
+
+    Stateless ops with an explicit seed: the same run sees the same augmentation, and no
+    random-generator variables end up inside the distribution strategy."""
+    from .keras_backend import tf
+
+    shape = tf.shape(images)
+    n, h, w = shape[0], tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    u = tf.random.stateless_uniform([n, 6], seed=seed, minval=-1.0, maxval=1.0)
+    angle = u[:, 0] * strength * (10.0 * np.pi / 180.0)
+    zoom = 1.0 + u[:, 1] * strength * 0.1
+    tx, ty = u[:, 2] * strength * 0.1 * w, u[:, 3] * strength * 0.1 * h
+    cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
+    cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+    # Output pixel -> input pixel: rotate and zoom about the centre, then shift.
+    a0, a1, b0, b1 = cos, sin, -sin, cos
+    a2 = cx - a0 * cx - a1 * cy - tx
+    b2 = cy - b0 * cx - b1 * cy - ty
+    zeros = tf.zeros_like(a0)
+    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+    images = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=shape[1:3], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="NEAREST")
+    brightness = u[:, 4] * strength * 0.2
+    contrast = 1.0 + u[:, 5] * strength * 0.2
+    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+    images = (images - mean) * contrast[:, None, None, None] + mean
+    images = images + brightness[:, None, None, None]
+    return tf.clip_by_value(images, 0.0, 1.0)

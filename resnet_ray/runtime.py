@@ -1,0 +1,90 @@
+"""Where the code runs: joining or starting Ray, the environment every Ray worker starts with,
+and TensorFlow's thread pools sized to the CPUs Ray gave a worker."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+# Set before TensorFlow is imported in a worker: os.environ inside a train loop is too late.
+WORKER_ENV_VARS = {
+    # Keras 3 fails inside MultiWorkerMirroredStrategy; every process uses tf-keras.
+    "TF_USE_LEGACY_KERAS": "1",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    # Ray Train tees print() into its logger, which shows every progress line twice.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    # TensorFlow enables oneDNN by default only on AVX-512-class CPUs; on AVX2 it falls back
+    # to slower Eigen kernels (docs/performance.md). A value the user set wins.
+    "TF_ENABLE_ONEDNN_OPTS": "1",
+    # glibc's malloc keeps what TensorFlow frees for the next step instead of returning it
+    # to the kernel and faulting it back in (docs/scaling.md). Read at process start only.
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 2 ** 20),  # the largest glibc allows on 64-bit
+    "MALLOC_TRIM_THRESHOLD_": str(16 * 2 ** 30),
+    "MALLOC_TOP_PAD_": str(256 * 2 ** 20),
+}
+# The name of the variable that is set in a worker which started with the malloc settings.
+MALLOC_KEEP_VAR = "MALLOC_TRIM_THRESHOLD_"
+
+# Where `ray start` records the cluster that a bare `ray.init()` joins.
+CURRENT_CLUSTER_FILE = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+
+
+def worker_env_vars() -> dict[str, str]:
+    """WORKER_ENV_VARS, with any of them already set in this process's environment kept."""
+    return {k: os.environ.get(k, v) for k, v in WORKER_ENV_VARS.items()}
+
+
+def _reachable(address: str, timeout: float = 2.0) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def init_ray(address: str | None = None) -> None:
+    """Connect to the cluster (RAY_ADDRESS, as inside `ray job submit`, or the one `ray start`
+    started on this machine) or start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address and CURRENT_CLUSTER_FILE.exists():
+        # Ray's state API, which Train uses to watch its controller, asks the cluster named
+        # in this file: a live one is joined (two clusters on one host answer each other's
+        # queries); a stale one would hang ray.init() and that watcher, so it is removed.
+        current = CURRENT_CLUSTER_FILE.read_text().strip()
+        if _reachable(current):
+            address = current
+            print(f"joining the Ray cluster already running at {current}", file=sys.stderr)
+        else:
+            CURRENT_CLUSTER_FILE.unlink(missing_ok=True)
+    if address:
+        # A job already carries its runtime_env (cluster/runtime_env.yaml); another one here
+        # would conflict with it. Train workers get WORKER_ENV_VARS from the trainer itself.
+        ray.init(address=address, logging_level="ERROR")
+    else:
+        # Loopback only: Ray's APIs run arbitrary code for anyone who reaches them.
+        ray.init(address="local", runtime_env={"env_vars": worker_env_vars()},
+                 logging_level="ERROR", _node_ip_address="127.0.0.1")
+
+
+def limit_threads(cpus: int) -> None:
+    """Size TensorFlow's thread pools to the CPUs Ray gave this worker: TensorFlow sizes them
+    by the host's cores, so N one-CPU workers on N cores would run N times too many threads."""
+    from .keras_backend import tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(cpus)
+        tf.config.threading.set_inter_op_parallelism_threads(cpus)
+    except RuntimeError:
+        # The pools are fixed once TensorFlow ran something: say so rather than let the log
+        # claim a setting that did not take effect.
+        print(f"warning: TensorFlow's thread pools were already set up; this worker keeps "
+              f"{tf.config.threading.get_intra_op_parallelism_threads() or 'one per core'} "
+              f"intra-op threads instead of {cpus}", flush=True)

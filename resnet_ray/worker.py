@@ -1,0 +1,149 @@
+"""One worker's training: `train_loop_per_worker`, the same function for N Ray Train workers
+and for one local process (num_workers 0).
+
+Each worker builds the model inside its strategy's scope, trains on its shard of every
+global batch, and at every epoch end validates the synchronised weights and reports; rank 0
+attaches a checkpoint. A restarted worker group continues from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import testhooks
+from .checkpoints import LocalCheckpoints, RayCheckpoints, restore_checkpoint, save_checkpoint
+from .config import TrainConfig, is_remote
+from .data import Signs
+from .input_pipeline import make_dataset_fn
+from .keras_backend import check_keras_flavour, keras, tf
+from .optim import build_compiled, communication_line, lr_at, make_strategy
+from .runtime import MALLOC_KEEP_VAR, limit_threads
+
+HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s")
+SUMMARY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s",
+                "images_per_s", "lr")
+
+
+def weights_digest(weights: list[np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for w in weights:
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()[:16]
+
+
+class EpochReporter(keras.callbacks.Callback):
+    """At each epoch end: validate the synchronised weights on a plain local copy (no
+    collective ops the other workers would have to join), print rank 0's line, write
+    TensorBoard scalars, and report the metrics and checkpoint to the store."""
+
+    def __init__(self, cfg: TrainConfig, state: dict[str, Any], val: Signs, local_model,
+                 optimizer, store, run_info: dict[str, Any], steps: int, writer=None):
+        super().__init__()
+        self.cfg, self.state, self.val, self.local_model = cfg, state, val, local_model
+        self.optimizer, self.store, self.run_info = optimizer, store, run_info
+        self.steps, self.writer, self.rank = steps, writer, run_info["rank"]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        from .evaluate import metrics_from_probs
+        from .predict import predict_probs
+
+        cfg, seconds = self.cfg, time.perf_counter() - self.start
+        weights = self.model.get_weights()  # synchronised values, identical on every worker
+        self.local_model.set_weights(weights)
+        scores = metrics_from_probs(predict_probs(self.local_model, self.val.x), self.val.y,
+                                    self.val.classes)
+        metrics = {
+            "epoch": epoch + 1, "loss": float(logs["loss"]),
+            "accuracy": float(logs["accuracy"]), "val_loss": scores["loss"],
+            "val_accuracy": scores["accuracy"], "epoch_time_s": seconds,
+            "images_per_s": self.steps * cfg.update_batch_size / seconds,
+            "lr": lr_at(cfg, self.steps, (epoch + 1) * self.steps - 1),
+            **self.run_info, "weights_digest": weights_digest(weights),
+        }
+        self.state["epoch"] = epoch + 1
+        self.state["history"].append({k: metrics[k] for k in HISTORY_KEYS})
+        self.state["metrics"] = metrics
+        if self.rank == 0:
+            print(f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['loss']:.4f}  "
+                  f"acc {metrics['accuracy']:.4f}  val_loss {metrics['val_loss']:.4f}  "
+                  f"val_acc {metrics['val_accuracy']:.4f}  {seconds:.1f}s  "
+                  f"{metrics['images_per_s']:.1f} img/s", flush=True)
+        if self.writer is not None:
+            with self.writer.as_default(step=epoch + 1):
+                for key in SUMMARY_KEYS:
+                    tf.summary.scalar(key, metrics[key])
+            self.writer.flush()
+        self.store.report(metrics, lambda d: save_checkpoint(
+            d, self.local_model, self.optimizer, cfg, self.state), self.rank)
+
+
+def tensorboard_dir(cfg: TrainConfig) -> str | None:
+    """Event files go to local storage only (docs/training.md)."""
+    return None if is_remote(cfg.storage) else str(Path(cfg.run_dir) / "tensorboard")
+
+
+def _log_layout(cfg: TrainConfig, strategy_name: str, world: int, tf_threads: int) -> None:
+    kept = ", freed memory kept" if MALLOC_KEEP_VAR in os.environ else ""
+    print(f"strategy: {strategy_name}, {world} worker(s) x {cfg.cpus_per_worker} CPU "
+          f"({tf_threads} TensorFlow thread(s) each{kept}), global batch {cfg.batch_size}",
+          flush=True)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    import ray
+    import ray.train
+
+    check_keras_flavour()
+    cfg = TrainConfig.from_dict(loop_config["config"])
+    data = loop_config["data"]
+    train, val = ray.get(data) if isinstance(data, ray.ObjectRef) else data
+    local = cfg.num_workers == 0
+    if not local:
+        limit_threads(cfg.cpus_per_worker)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    store = LocalCheckpoints(cfg.run_dir, cfg.keep_checkpoints) if local else RayCheckpoints()
+    keras.utils.set_random_seed(cfg.seed)
+
+    strategy, strategy_name = make_strategy(world, local, cfg)
+    tf_threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
+    if rank == 0 and not local:
+        _log_layout(cfg, strategy_name, world, tf_threads)
+    steps = len(train) // cfg.update_batch_size
+    with strategy.scope():
+        model, optimizer = build_compiled(cfg, steps)
+    if rank == 0 and world > 1:
+        print(communication_line(cfg, model, world), flush=True)
+    local_model, _ = build_compiled(cfg)
+
+    state: dict[str, Any] = {"epoch": 0, "history": []}
+    found = store.latest()
+    if found is not None:
+        checkpoint, as_directory = found
+        with as_directory as d, strategy.scope():
+            state = restore_checkpoint(Path(d), model, optimizer)
+        if rank == 0:
+            print(f"resumed from {getattr(checkpoint, 'path', checkpoint)} after epoch "
+                  f"{state['epoch']}", flush=True)
+    if state["epoch"] >= cfg.epochs:
+        return
+
+    dataset = strategy.distribute_datasets_from_function(
+        make_dataset_fn(train, cfg, state["epoch"]))
+    tb_dir = tensorboard_dir(cfg) if rank == 0 else None
+    run_info = {"rank": rank, "world_size": world, "strategy": strategy_name,
+                "node_id": ray.get_runtime_context().get_node_id()
+                if ray.is_initialized() else "local", "tf_threads": tf_threads}
+    reporter = EpochReporter(cfg, state, val, local_model, optimizer, store, run_info, steps,
+                             tf.summary.create_file_writer(tb_dir) if tb_dir else None)
+    model.fit(dataset, epochs=cfg.epochs, initial_epoch=state["epoch"], steps_per_epoch=steps,
+              callbacks=[*testhooks.fault_callbacks(rank, steps), reporter], verbose=0)
