@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from . import train, tune
+from . import console, train, tune
 from .errors import UserError, run_command
 
 
@@ -61,12 +61,14 @@ def _predict(a):
 def _serve(a):
     from .serve import serve_foreground
 
+    console.set_verbose(a.verbose)
     serve_foreground(a.model_dir, host=a.host, port=a.port, replicas=a.replicas)
 
 
 def _demo(a):
     from .demo import run_demo
 
+    console.set_verbose(a.verbose)
     run_demo(a.workdir, model=a.model, epochs=a.epochs, num_workers=a.num_workers,
              tune=not a.no_tune, serve=not a.no_serve)
 
@@ -132,15 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--host", default="127.0.0.1")
     se.add_argument("--port", type=int, default=8000)
     se.add_argument("--replicas", type=int, default=1)
+    console.add_verbose_flag(se)
     se.set_defaults(func=_serve)
 
-    de = sub.add_parser("demo", help="synth -> train -> tune -> evaluate -> predict -> serve")
+    de = sub.add_parser("demo", help="embedded photos -> tune -> train -> evaluate -> predict "
+                                       "-> serve")
     de.add_argument("--workdir", default="runs/demo")
-    de.add_argument("--model", default="tiny", choices=["resnet50", "tiny"])
-    de.add_argument("--epochs", type=int, default=8)
+    de.add_argument("--model", default="resnet50", choices=["resnet50", "tiny"])
+    de.add_argument("--epochs", type=int, default=7)
     de.add_argument("--num-workers", type=int, default=2)
     de.add_argument("--no-tune", action="store_true", help="skip the Ray Tune search step")
     de.add_argument("--no-serve", action="store_true", help="skip the Ray Serve step")
+    console.add_verbose_flag(de)
     de.set_defaults(func=_demo)
     return p
 

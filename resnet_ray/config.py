@@ -79,8 +79,9 @@ class TrainConfig:
                                  help="AdamW's decoupled weight decay on conv and dense "
                                       "kernels (0: Adam)")
     allreduce_pack_mb: float = option(
-        0.0, group=COMMUNICATION, help="all-reduce gradients in packs of this many MiB, "
-                                       "overlapping the backward pass (0: one pack at the end)")
+        0.0, group=COMMUNICATION, help="all-reduce gradients in packs of this many MiB "
+                                       "(0: one pack); every pack is sent after the backward "
+                                       "pass, not during it")
     allreduce_dtype: str = option("float32", group=COMMUNICATION, choices=ALLREDUCE_DTYPES,
                                   help="dtype the gradients travel in; weights stay float32")
     # lr is the rate for batch_size; lr_scaling says how it grows with the update's batch.

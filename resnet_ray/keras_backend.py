@@ -2,13 +2,15 @@
 
 import os
 
+from . import console
+from .errors import UserError
+
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", console.tf_log_level())
 
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
-
-from .errors import UserError  # noqa: E402
+with console.quiet_stderr():
+    import tensorflow as tf
+    import tf_keras as keras
 
 # MultiWorkerMirroredStrategy logs every collective it builds at INFO: hundreds of lines
 # that bury the one progress line per epoch.

@@ -48,8 +48,11 @@ def _reachable(address: str, timeout: float = 2.0) -> bool:
 
 def init_ray(address: str | None = None) -> None:
     """Connect to the cluster (RAY_ADDRESS, as inside `ray job submit`, or the one `ray start`
-    started on this machine) or start a local one."""
+    started on this machine) or start a local one. Without --verbose the workers' output
+    stays in the session's log files, and the first line printed says where they are."""
     import ray
+
+    from . import console
 
     if ray.is_initialized():
         return
@@ -64,14 +67,38 @@ def init_ray(address: str | None = None) -> None:
             print(f"joining the Ray cluster already running at {current}", file=sys.stderr)
         else:
             CURRENT_CLUSTER_FILE.unlink(missing_ok=True)
-    if address:
-        # A job already carries its runtime_env (cluster/runtime_env.yaml); another one here
-        # would conflict with it. Train workers get WORKER_ENV_VARS from the trainer itself.
-        ray.init(address=address, logging_level="ERROR")
-    else:
-        # Loopback only: Ray's APIs run arbitrary code for anyone who reaches them.
-        ray.init(address="local", runtime_env={"env_vars": worker_env_vars()},
-                 logging_level="ERROR", _node_ip_address="127.0.0.1")
+    quiet = {"logging_level": "ERROR", "log_to_driver": console.verbose()}
+    with console.quiet_stderr():
+        if address:
+            # A job already carries its runtime_env (cluster/runtime_env.yaml); another one
+            # here would conflict with it. Train workers get WORKER_ENV_VARS from the trainer.
+            context = ray.init(address=address, **quiet)
+        else:
+            # Loopback only: Ray's APIs run arbitrary code for anyone who reaches them.
+            context = ray.init(address="local", runtime_env={"env_vars": worker_env_vars()},
+                               _node_ip_address="127.0.0.1", **quiet)
+    if not console.verbose():
+        _raylet_messages_to_log()
+        print(console.logs_line(context.address_info.get("session_dir")), flush=True)
+
+
+def _raylet_messages_to_log() -> None:
+    """Without --verbose, the warnings the raylet pushes to every driver (how many worker
+    processes started, a retried task) go to console.DRIVER_LOG as well: Ray prints them
+    through this one function, whatever log_to_driver says."""
+    import ray._private.worker as ray_worker
+
+    from . import console
+
+    show = ray_worker.print_to_stdstream
+
+    def print_or_log(data, ignore_prefix: bool):
+        if data.get("pid") != "raylet":
+            return show(data, ignore_prefix)
+        with open(console.DRIVER_LOG, "a") as log:
+            log.writelines(f"(raylet) {line}\n" for line in data.get("lines", []))
+
+    ray_worker.print_to_stdstream = print_or_log
 
 
 def limit_threads(cpus: int) -> None:

@@ -280,6 +280,17 @@ def application(args: dict[str, Any], num_replicas: int | None = None):
     return deployment.bind(model_dir, **args)
 
 
+def quiet_serve_logs() -> None:
+    """Serve's INFO lines on this process (starting, deploying, ready) only with --verbose;
+    the controller's, proxy's and replicas' stay in the Ray session's log files."""
+    import logging
+
+    from . import console
+
+    if not console.verbose():
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+
+
 def serve_foreground(model_dir: str, host: str = "127.0.0.1", port: int = 8000,
                      replicas: int = 1) -> None:
     """`resnet-ray serve`: run until Ctrl-C, then shut Serve down."""
@@ -287,6 +298,7 @@ def serve_foreground(model_dir: str, host: str = "127.0.0.1", port: int = 8000,
         raise UserError(f"--replicas: expected at least 1, got {replicas}")
     app = application({"model_dir": model_dir}, num_replicas=replicas)
     init_ray()
+    quiet_serve_logs()
     # Ctrl-C is the documented way to stop, and it can come while serve.run is still waiting
     # for the replicas (the HTTP proxy already answers by then): both are a clean stop.
     try:

@@ -7,12 +7,13 @@ The workers' side is resnet_ray/worker.py; a re-run with the same storage and na
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 from pathlib import Path
 
-from . import config, embedded, testhooks
+from . import config, console, embedded, testhooks
 from .checkpoints import CONFIG_FILE, LocalCheckpoints, check_checkpoints, check_same_run
 from .config import TrainConfig, is_remote
 from .data import Signs, load_data_dir, split_validation
@@ -56,14 +57,15 @@ def _report_log_callback(path: str):
     return ReportLog()
 
 
-def build_trainer(cfg: TrainConfig, data, callbacks=()):
-    """The project's TensorflowTrainer for a checked config; data = (train, validation)."""
+def build_trainer(cfg: TrainConfig, data, callbacks=(), board=None):
+    """The project's TensorflowTrainer for a checked config; data = (train, validation);
+    board: the actor rank 0 posts its progress to (resnet_ray/progress.py)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+
+    from .worker import train_loop_per_worker  # TensorFlow first, quietly (console.py)
     from ray.train.tensorflow import TensorflowTrainer
     from ray.train.v2.api.config import LoggingConfig
-
-    from .worker import train_loop_per_worker
 
     local = cfg.num_workers == 0
     callbacks = list(callbacks)
@@ -74,7 +76,8 @@ def build_trainer(cfg: TrainConfig, data, callbacks=()):
             callbacks.append(_report_log_callback(str(Path(cfg.run_dir) / REPORTS_FILE)))
     return TensorflowTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "data": data if local else ray.put(data)},
+        train_loop_config={"config": cfg.to_dict(), "data": data if local else ray.put(data),
+                           "board": board},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=RunConfig(
@@ -99,10 +102,12 @@ def _best_checkpoint(cfg: TrainConfig, result):
 
 
 def run_training(cfg: TrainConfig, quiet: bool = False):
-    """Train with Ray Train; export the best checkpoint if cfg.export is set. Returns Result."""
+    """Train with Ray Train; export the best checkpoint if cfg.export is set. Returns Result.
+    Prints a header, the progress and the export lines unless quiet."""
     import ray.train
 
     from .export import export_checkpoint, format_test_score
+    from .progress import TrainProgress
 
     cfg, train, val, test = prepare_config(cfg)
     local = cfg.num_workers == 0
@@ -114,8 +119,15 @@ def run_training(cfg: TrainConfig, quiet: bool = False):
         check_same_run(cfg)
     if not local:
         init_ray()
+    if not quiet:
+        console.result(f"training {cfg.model} on {max(cfg.num_workers, 1)} worker(s) x "
+                       f"{cfg.cpus_per_worker} CPU for {cfg.epochs} epochs: {len(train)} "
+                       f"training and {len(val)} validation images; run {cfg.run_dir}")
+    progress = None if local or console.verbose() else TrainProgress(
+        cfg.epochs, len(train) // cfg.update_batch_size)
     try:
-        result = build_trainer(cfg, (train, val)).fit()
+        with progress or contextlib.nullcontext():
+            result = build_trainer(cfg, (train, val), board=progress and progress.board).fit()
     except ray.train.TrainingFailedError as exc:
         raise RunFailed(f"training run {cfg.run_dir} failed beyond --max-failures "
                         f"{cfg.max_failures}; its checkpoints are kept and the same command "
@@ -134,9 +146,11 @@ def run_training(cfg: TrainConfig, quiet: bool = False):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     config.add_arguments(parser)
+    console.add_verbose_flag(parser)
 
 
 def command(args: argparse.Namespace) -> None:
+    console.set_verbose(args.verbose)
     cfg = config.from_args(args)
     result = run_training(cfg)
     m = result.metrics or {}

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from . import testhooks
+from . import console, testhooks
 from .config import DEFAULT_STORAGE, TrainConfig, is_remote
 from .errors import ConfigError, RunFailed, command_main
 from .tune_spec import TuneSpec, load_spec
@@ -69,7 +70,6 @@ def _scheduler(spec: TuneSpec, max_epochs: int):
 def tune_trial(params: dict[str, Any], data=None, base: dict[str, Any] | None = None,
                hooks: dict[str, str] | None = None) -> None:
     """One trial: a Ray Train run of the project's trainer with this trial's parameters."""
-    import os
 
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -103,6 +103,11 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str = DEFAULT_STORAGE,
     experiment = Path(storage).absolute() / name
     base.storage = str(experiment / "trials")
     init_ray()
+    searched = list(spec.search_space)
+    console.result(f"searching {', '.join(searched)} for {base.model}: "
+                   f"{num_samples or spec.num_samples} trials of up to {base.epochs} epochs "
+                   f"({spec.scheduler['type']}), {base.num_workers} worker(s) each; "
+                   f"results in {experiment}")
     cpus_per_trial = base.num_workers * base.cpus_per_worker
     total = int(ray.cluster_resources().get("CPU", 1))
     if cpus_per_trial > total:
@@ -126,18 +131,42 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str = DEFAULT_STORAGE,
         if (experiment / "tuner.pkl").exists():
             raise ConfigError(f"{experiment}: a search already exists there; pass --resume to "
                               "continue it or choose another --name")
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space(spec),
-            tune_config=tune.TuneConfig(
-                metric=spec.metric, mode=spec.mode, num_samples=num_samples or spec.num_samples,
-                search_alg=_searcher(spec, concurrent), scheduler=_scheduler(spec, base.epochs),
-                max_concurrent_trials=concurrent),
-            run_config=tune.RunConfig(name=name, storage_path=str(Path(storage).absolute()),
-                                      failure_config=tune.FailureConfig(max_failures=1)),
-        )
+        tuner = _new_tuner(trainable, spec, base, name, storage, num_samples, concurrent)
+    if not console.verbose():
+        # Tune's newer output engine prints its configuration box even when silent, and a
+        # restored search brings its console options from the first run.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     results = tuner.fit()
     return summarize(results, spec, base, experiment, export, data=(train, val, test))
+
+
+def _new_tuner(trainable, spec: TuneSpec, base: TrainConfig, name: str, storage: str,
+               num_samples: int | None, concurrent: int):
+    from ray import tune
+
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(spec),
+        tune_config=tune.TuneConfig(
+            metric=spec.metric, mode=spec.mode, num_samples=num_samples or spec.num_samples,
+            search_alg=_searcher(spec, concurrent), scheduler=_scheduler(spec, base.epochs),
+            max_concurrent_trials=concurrent),
+        run_config=tune.RunConfig(name=name, storage_path=str(Path(storage).absolute()),
+                                  failure_config=tune.FailureConfig(max_failures=1),
+                                  **_console_options(spec, base, num_samples)),
+    )
+
+
+def _console_options(spec: TuneSpec, base: TrainConfig, num_samples: int | None):
+    """Tune's own status tables with --verbose; otherwise a progress bar (or a line per
+    trial) and the compact table summarize() prints."""
+    from .progress import tune_callback
+
+    if console.verbose():
+        return {}
+    return {"verbose": 0, "callbacks": [tune_callback(num_samples or spec.num_samples,
+                                                      base.epochs, spec.metric,
+                                                      list(spec.search_space))]}
 
 
 def summarize(results, spec: TuneSpec, base: TrainConfig, experiment: Path,
@@ -253,9 +282,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-samples", type=int)
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted search")
+    console.add_verbose_flag(parser)
 
 
 def command(a: argparse.Namespace) -> None:
+    console.set_verbose(a.verbose)
     summary = run_search(load_spec(a.config), a.data, storage=a.storage, name=a.name,
                          export=a.export, max_concurrent=a.max_concurrent,
                          num_samples=a.num_samples, resume=a.resume)

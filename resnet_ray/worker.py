@@ -23,6 +23,7 @@ from .data import Signs
 from .input_pipeline import make_dataset_fn
 from .keras_backend import check_keras_flavour, keras, tf
 from .optim import build_compiled, communication_line, lr_at, make_strategy
+from .progress import step_sender
 from .runtime import MALLOC_KEEP_VAR, limit_threads
 
 HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s")
@@ -43,11 +44,13 @@ class EpochReporter(keras.callbacks.Callback):
     TensorBoard scalars, and report the metrics and checkpoint to the store."""
 
     def __init__(self, cfg: TrainConfig, state: dict[str, Any], val: Signs, local_model,
-                 optimizer, store, run_info: dict[str, Any], steps: int, writer=None):
+                 optimizer, store, run_info: dict[str, Any], steps: int, writer=None,
+                 board=None):
         super().__init__()
         self.cfg, self.state, self.val, self.local_model = cfg, state, val, local_model
         self.optimizer, self.store, self.run_info = optimizer, store, run_info
         self.steps, self.writer, self.rank = steps, writer, run_info["rank"]
+        self.board = board if self.rank == 0 else None
 
     def on_epoch_begin(self, epoch, logs=None):
         self.start = time.perf_counter()
@@ -77,6 +80,9 @@ class EpochReporter(keras.callbacks.Callback):
                   f"acc {metrics['accuracy']:.4f}  val_loss {metrics['val_loss']:.4f}  "
                   f"val_acc {metrics['val_accuracy']:.4f}  {seconds:.1f}s  "
                   f"{metrics['images_per_s']:.1f} img/s", flush=True)
+            if self.board is not None:
+                self.board.put.remote({"metrics": {k: metrics[k] for k in SUMMARY_KEYS
+                                                   + ("epoch",)}})
         if self.writer is not None:
             with self.writer.as_default(step=epoch + 1):
                 for key in SUMMARY_KEYS:
@@ -105,6 +111,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     check_keras_flavour()
     cfg = TrainConfig.from_dict(loop_config["config"])
     data = loop_config["data"]
+    board = loop_config.get("board")  # the driver's progress view, when it shows one
     train, val = ray.get(data) if isinstance(data, ray.ObjectRef) else data
     local = cfg.num_workers == 0
     if not local:
@@ -132,8 +139,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with as_directory as d, strategy.scope():
             state = restore_checkpoint(Path(d), model, optimizer)
         if rank == 0:
-            print(f"resumed from {getattr(checkpoint, 'path', checkpoint)} after epoch "
-                  f"{state['epoch']}", flush=True)
+            note = (f"resumed from {getattr(checkpoint, 'path', checkpoint)} after epoch "
+                    f"{state['epoch']}")
+            print(note, flush=True)
+            if board is not None:
+                board.put.remote({"note": note})
     if state["epoch"] >= cfg.epochs:
         return
 
@@ -144,6 +154,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 "node_id": ray.get_runtime_context().get_node_id()
                 if ray.is_initialized() else "local", "tf_threads": tf_threads}
     reporter = EpochReporter(cfg, state, val, local_model, optimizer, store, run_info, steps,
-                             tf.summary.create_file_writer(tb_dir) if tb_dir else None)
+                             tf.summary.create_file_writer(tb_dir) if tb_dir else None, board)
+    senders = [step_sender(board)] if board is not None and rank == 0 else []
     model.fit(dataset, epochs=cfg.epochs, initial_epoch=state["epoch"], steps_per_epoch=steps,
-              callbacks=[*testhooks.fault_callbacks(rank, steps), reporter], verbose=0)
+              callbacks=[*testhooks.fault_callbacks(rank, steps), *senders, reporter], verbose=0)

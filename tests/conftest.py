@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -201,3 +202,15 @@ needs_digits = pytest.mark.skipif(
 
 def random_images(n, size=64, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+# Lines that only Ray's or TensorFlow's own logging writes: worker output prefixes, absl and
+# glog records, CUDA probes, Python logging levels, Train's and Tune's internal reports.
+INTERNAL_LINE = re.compile(
+    r"pid=|^[IWEF]\d{4} |absl|(?i:cuinit|cuda)|WARNING|INFO|DEBUG|raylet|TrainingReport|"
+    r"PlacementGroup|Preemption|Trial status|\+-{5}")
+
+
+def internal_lines(*outputs: str) -> list[str]:
+    """The lines of a command's output that come from Ray's or TensorFlow's internals."""
+    return [line for out in outputs for line in out.splitlines() if INTERNAL_LINE.search(line)]

@@ -55,7 +55,7 @@ def _fake_model_dir(tmp_path):
 def test_serve_command_runs_in_the_foreground_and_stops_on_ctrl_c(private_ray, tiny_model_dir):
     port = 8317
     proc = subprocess.Popen([sys.executable, "-m", "resnet_ray", "serve", str(tiny_model_dir),
-                             "--port", str(port)], stdout=subprocess.PIPE,
+                             "--port", str(port), "--verbose"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 180
@@ -76,6 +76,9 @@ def test_serve_command_runs_in_the_foreground_and_stops_on_ctrl_c(private_ray, t
         out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out[-3000:]
     assert "stopping" in out
+    # --verbose: Serve's own lines and its actors' output (hidden by default) are shown.
+    assert "(ServeController pid=" in out or "(ProxyActor pid=" in out, out[-3000:]
+    assert not out.startswith("logs:")
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
 

@@ -20,7 +20,7 @@ from resnet_ray.optim import build_compiled
 from resnet_ray.testhooks import KILL_ENV
 from resnet_ray.train import REPORTS_FILE, prepare_config, run_training
 
-from conftest import run_cli
+from conftest import internal_lines, run_cli
 
 pytestmark = [pytest.mark.ray, pytest.mark.reliability]
 EPOCHS, BATCH = 3, 32
@@ -94,6 +94,13 @@ def test_killed_driver_then_rerun_resumes(private_ray, synth_dir, tmp_path):
     again = run_cli(*args, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed from" in again.stdout, again.stdout[-2000:]
+    # Quiet by default: where the logs are, then progress and results, none of Ray's or
+    # TensorFlow's own lines (a fresh local Ray and TensorFlow print plenty).
+    assert internal_lines(again.stdout, again.stderr) == [], again.stdout + again.stderr
+    logs = again.stdout.splitlines()[0]
+    assert logs.startswith("logs: Ray: ") and "--verbose" in logs, logs
+    assert Path(logs.split()[2].rstrip(",")).is_dir()  # the Ray session's log folder
+    assert again.stdout.splitlines()[-1].startswith(f"finished: {epochs} epochs")
     after = _reports(run_dir)[len(before):]
     first = min(r["epoch"] for r in after)
     assert 1 < first <= max(r["epoch"] for r in before) + 1, (before, after)
