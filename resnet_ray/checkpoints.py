@@ -91,7 +91,13 @@ def check_checkpoints(run_dir: str) -> None:
     """Refuse to resume from a damaged checkpoint, naming it, before any worker starts: Ray
     Train would hand it to every worker, and the run would spend its --max-failures on it."""
     for directory in complete_checkpoints(run_dir):
-        read_checkpoint(directory)
+        try:
+            read_checkpoint(directory)
+        except CheckpointError:
+            # One that lost a file while being read was being pruned (by the Ray of a run
+            # killed moments ago): incomplete, so ignored like any other cut-off checkpoint.
+            if directory in complete_checkpoints(run_dir):
+                raise
 
 
 def checkpoint_score(directory: Path, metric: str) -> float | None:

@@ -72,6 +72,21 @@ def test_worker_sigkilled_at_a_random_step_is_recovered(ray_cluster, synth_dir, 
     print(f"\nseed {seed}: rank {rank} SIGKILLed after step {step}/{steps}; run completed")
 
 
+def _wait_for_ray_processes_to_exit(timeout=60):
+    """Ray's worker processes lead process groups of their own: after the kill they notice
+    their raylet is gone and exit within seconds, the way a lost machine's would be gone."""
+    import psutil
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        left = [p for p in psutil.process_iter(["cmdline"])
+                if any(part.startswith("ray::") or part.endswith(("raylet", "gcs_server"))
+                       for part in (p.info["cmdline"] or []))]
+        if not left:
+            return
+        time.sleep(0.5)
+
+
 def test_killed_driver_then_rerun_resumes(private_ray, synth_dir, tmp_path):
     epochs = 5
     args = ["train", "--data", synth_dir, "--model", "tiny", "--epochs", epochs,
@@ -88,6 +103,7 @@ def test_killed_driver_then_rerun_resumes(private_ray, synth_dir, tmp_path):
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    _wait_for_ray_processes_to_exit()
     before = _reports(run_dir)
     assert max(r["epoch"] for r in before) < epochs, "finished before the kill"
 
