@@ -71,7 +71,7 @@ def in_process(model_dir: Path, batch: int, images: int) -> dict:
 
 
 def summarize(rows: list[dict], local: list[dict]) -> dict:
-    """The issue's two ratios, at concurrency 32: HTTP with batching against the in-process
+    """The serving goal's two ratios, at concurrency 32: HTTP with batching against the in-process
     call at batch 32 (goal >= 0.8), and batching on against off (goal >= 3)."""
     http = {(r["batching"], r["concurrency"]): r["images_per_s"] for r in rows}
     top = max(c for _, c in http)

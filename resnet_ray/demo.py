@@ -26,8 +26,8 @@ DATA = "builtin:sign-digits"
 
 
 def search_spec(model: str, epochs: int) -> TuneSpec:
-    """Two one-worker trials side by side on 2 cores (two more would add about 2.5 minutes
-    there); ASHA stops the second if it trails the first after epoch 1."""
+    """Two one-worker trials side by side on 2 cores (each two more would double the search's
+    time there); ASHA may stop the one that trails after epoch 1."""
     return TuneSpec(
         source="resnet-ray demo", num_samples=2, seed=0, searcher="random",
         train={"model": model, "epochs": epochs, "num_workers": 1, "cpus_per_worker": 1,
@@ -65,10 +65,10 @@ def run_demo(workdir: str = "runs/demo", model: str = "resnet50", epochs: int = 
 
     console.header(f"{next(step)}/{steps} evaluate {model_dir} on the held-out photos")
     metrics = evaluate(model_dir, data_dir / "test_signs.h5")
-    right = round(metrics["accuracy"] * metrics["n"])
-    console.result(f"test accuracy {metrics['accuracy']:.4f} ({right}/{metrics['n']} photos), "
-                   f"loss {metrics['loss']:.4f}")
     summary["test_accuracy"], summary["test_n"] = metrics["accuracy"], metrics["n"]
+    summary["test_right"] = round(metrics["accuracy"] * metrics["n"])
+    console.result(f"test accuracy {metrics['accuracy']:.4f} ({summary['test_right']}/"
+                   f"{metrics['n']} photos), loss {metrics['loss']:.4f}")
     summary["model_dir"] = str(model_dir)
 
     console.header(f"{next(step)}/{steps} predict one held-out photo")
@@ -141,9 +141,8 @@ def _serve_and_ask(model_dir: Path, photos: list[tuple[int, Path]]) -> list[dict
 
 def _print_summary(s: dict, work: Path) -> None:
     console.header("summary")
-    right = round(s["test_accuracy"] * s["test_n"])
-    console.result(f"test accuracy: {s['test_accuracy']:.1%} ({right}/{s['test_n']} held-out "
-                   f"photos), {s['model']} trained for {s['epochs']} epochs")
+    console.result(f"test accuracy: {s['test_accuracy']:.1%} ({s['test_right']}/{s['test_n']} "
+                   f"held-out photos), {s['model']} trained for {s['epochs']} epochs")
     console.result(f"learning rate {s['params']['lr']:.3g}, batch size "
                    f"{s['params']['batch_size']}" + (" (tuned)" if s["tuned"] else " (defaults)"))
     if "served" in s:

@@ -23,7 +23,7 @@ from .data import Signs
 from .input_pipeline import make_dataset_fn
 from .keras_backend import check_keras_flavour, keras, tf
 from .optim import build_compiled, communication_line, lr_at, make_strategy
-from .progress import step_sender
+from .progress import epoch_line, step_sender
 from .runtime import MALLOC_KEEP_VAR, limit_threads
 
 HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s")
@@ -76,10 +76,7 @@ class EpochReporter(keras.callbacks.Callback):
         self.state["history"].append({k: metrics[k] for k in HISTORY_KEYS})
         self.state["metrics"] = metrics
         if self.rank == 0:
-            print(f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['loss']:.4f}  "
-                  f"acc {metrics['accuracy']:.4f}  val_loss {metrics['val_loss']:.4f}  "
-                  f"val_acc {metrics['val_accuracy']:.4f}  {seconds:.1f}s  "
-                  f"{metrics['images_per_s']:.1f} img/s", flush=True)
+            print(epoch_line(metrics, cfg.epochs), flush=True)
             if self.board is not None:
                 self.board.put.remote({"metrics": {k: metrics[k] for k in SUMMARY_KEYS
                                                    + ("epoch",)}})
