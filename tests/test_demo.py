@@ -1,5 +1,5 @@
 """`resnet-ray demo`, the README's first command, end to end on the embedded photos (the tiny
-model and one epoch; the ResNet-50 run it makes by default is in docs/results.md)."""
+model and one epoch; the ResNet-50 run it makes by default is in the README)."""
 
 import json
 

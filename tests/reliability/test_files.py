@@ -203,3 +203,24 @@ def test_a_checkpoint_cut_off_while_written_or_pruned_is_ignored(tiny_model_dir,
     (cut / "state.json").write_text(json.dumps(state))
     check_checkpoints(str(tmp_path))  # no error: nothing damaged, one incomplete
     assert best_checkpoint_dir(tmp_path) == whole
+
+
+def test_a_checkpoint_pruned_while_it_is_checked_is_ignored(tiny_model_dir, tmp_path,
+                                                            monkeypatch):
+    """The Ray of a run killed moments ago may still be deleting a pruned checkpoint while the
+    re-run checks them: one that loses a file mid-check is cut off, not damaged."""
+    from resnet_ray import checkpoints
+
+    source = sorted((tiny_model_dir.parent / "runs" / "tiny").glob("checkpoint_epoch_*"))[-1]
+    for name in ("checkpoint_epoch_0001", "checkpoint_epoch_0002"):
+        shutil.copytree(source, tmp_path / name)
+    read = checkpoints.read_checkpoint
+
+    def pruned_while_read(directory, model=None):
+        if directory.name == "checkpoint_epoch_0002":
+            (directory / checkpoints.STATE_FILE).unlink()
+        return read(directory, model)
+
+    monkeypatch.setattr(checkpoints, "read_checkpoint", pruned_while_read)
+    checkpoints.check_checkpoints(str(tmp_path))  # no error
+    assert checkpoints.complete_checkpoints(tmp_path) == [tmp_path / "checkpoint_epoch_0001"]
