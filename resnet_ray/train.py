@@ -1,4 +1,4 @@
-"""The training driver: check the data and config, build the TensorflowTrainer, run it, export
+"""The training driver: check the data and config, build the Ray Train trainer, run it, export
 the best checkpoint. `python -m resnet_ray.train ...` is the entry point for `ray job submit`.
 
 The workers' side is resnet_ray/worker.py; a re-run with the same storage and name resumes.
@@ -14,13 +14,16 @@ import time
 from pathlib import Path
 
 from . import config, console, embedded, testhooks
-from .checkpoints import CONFIG_FILE, LocalCheckpoints, check_checkpoints, check_same_run
+from .checkpoints import (CONFIG_FILE, LocalCheckpoints, check_checkpoints, check_same_run,
+                          checkpoint_score, complete_checkpoints)
 from .config import TrainConfig, is_remote
 from .data import Signs, load_data_dir, split_validation
 from .errors import ConfigError, RunFailed, command_main
 from .runtime import init_ray, worker_env_vars
 
 REPORTS_FILE = "reports.jsonl"
+# What Ray Train writes beside a run's checkpoints; Result.from_path reads it back.
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 
 def prepare_config(cfg: TrainConfig) -> tuple[TrainConfig, Signs, Signs, Signs]:
@@ -57,14 +60,25 @@ def _report_log_callback(path: str):
     return ReportLog()
 
 
+def train_loop_per_worker(loop_config: dict) -> None:
+    """What every Ray Train worker runs (resnet_ray/worker.py); TensorFlow is imported there,
+    not in the process that builds the trainer."""
+    from . import worker
+
+    worker.train_loop_per_worker(loop_config)
+
+
 def build_trainer(cfg: TrainConfig, data, callbacks=(), board=None):
-    """The project's TensorflowTrainer for a checked config; data = (train, validation);
+    """The project's Ray Train trainer for a checked config; data = (train, validation);
     board: the actor rank 0 posts its progress to (resnet_ray/progress.py)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
-    from .worker import train_loop_per_worker  # TensorFlow first, quietly (console.py)
-    from ray.train.tensorflow import TensorflowTrainer
+    # TensorflowTrainer is this trainer with Ray's TensorflowConfig; both import TensorFlow,
+    # which neither this process (a Tune trial) nor Train's controller uses (tf_backend.py).
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from .tf_backend import TensorflowConfig
     from ray.train.v2.api.config import LoggingConfig
 
     local = cfg.num_workers == 0
@@ -74,8 +88,8 @@ def build_trainer(cfg: TrainConfig, data, callbacks=(), board=None):
         cfg.save(Path(cfg.run_dir) / CONFIG_FILE)
         if not local:
             callbacks.append(_report_log_callback(str(Path(cfg.run_dir) / REPORTS_FILE)))
-    return TensorflowTrainer(
-        train_loop_per_worker,
+    return DataParallelTrainer(
+        train_loop_per_worker, backend_config=TensorflowConfig(),
         train_loop_config={"config": cfg.to_dict(), "data": data if local else ray.put(data),
                            "board": board},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
@@ -101,22 +115,22 @@ def _best_checkpoint(cfg: TrainConfig, result):
     return result.get_best_checkpoint("val_accuracy", "max") or result.checkpoint
 
 
-def run_training(cfg: TrainConfig, quiet: bool = False):
-    """Train with Ray Train; export the best checkpoint if cfg.export is set. Returns Result.
-    Prints a header, the progress and the export lines unless quiet."""
+def finished_epochs(cfg: TrainConfig) -> int | None:
+    """How many epochs a Ray run in local storage already holds, when that is all it was
+    asked for: re-running it only exports, without starting a worker."""
+    done = complete_checkpoints(cfg.run_dir) if not is_remote(cfg.storage) else []
+    if cfg.num_workers == 0 or not done or not (Path(cfg.run_dir) / RAY_SNAPSHOT).exists():
+        return None
+    epoch = checkpoint_score(done[-1], "epoch")
+    return int(epoch) if epoch is not None and epoch >= cfg.epochs else None
+
+
+def _fit(cfg: TrainConfig, train, val, quiet: bool):
     import ray.train
 
-    from .export import export_checkpoint, format_test_score
     from .progress import TrainProgress
 
-    cfg, train, val, test = prepare_config(cfg)
     local = cfg.num_workers == 0
-    if local and is_remote(cfg.storage):
-        raise ConfigError(f"storage: a single-process run (num_workers 0) keeps checkpoints "
-                          f"on a local path, got {cfg.storage!r}")
-    if not is_remote(cfg.storage):
-        check_checkpoints(cfg.run_dir)
-        check_same_run(cfg)
     if not local:
         init_ray()
     if not quiet:
@@ -127,11 +141,34 @@ def run_training(cfg: TrainConfig, quiet: bool = False):
         cfg.epochs, len(train) // cfg.update_batch_size)
     try:
         with progress or contextlib.nullcontext():
-            result = build_trainer(cfg, (train, val), board=progress and progress.board).fit()
+            return build_trainer(cfg, (train, val), board=progress and progress.board).fit()
     except ray.train.TrainingFailedError as exc:
         raise RunFailed(f"training run {cfg.run_dir} failed beyond --max-failures "
                         f"{cfg.max_failures}; its checkpoints are kept and the same command "
                         f"resumes from the latest one.\n{exc}") from None
+
+
+def run_training(cfg: TrainConfig, quiet: bool = False):
+    """Train with Ray Train; export the best checkpoint if cfg.export is set. Returns Result.
+    Prints a header, the progress and the export lines unless quiet."""
+    import ray.train
+
+    from .export import export_checkpoint, format_test_score
+
+    cfg, train, val, test = prepare_config(cfg)
+    if cfg.num_workers == 0 and is_remote(cfg.storage):
+        raise ConfigError(f"storage: a single-process run (num_workers 0) keeps checkpoints "
+                          f"on a local path, got {cfg.storage!r}")
+    if not is_remote(cfg.storage):
+        check_checkpoints(cfg.run_dir)
+        check_same_run(cfg)
+    if (epochs := finished_epochs(cfg)) is not None:
+        if not quiet:
+            console.result(f"run {cfg.run_dir} already holds {epochs} epochs: nothing to train")
+        with console.quiet_stderr():  # Ray notes on stderr that it read the run's snapshot
+            result = ray.train.Result.from_path(cfg.run_dir)
+    else:
+        result = _fit(cfg, train, val, quiet)
     if cfg.export:
         best = _best_checkpoint(cfg, result)
         if best is None:

@@ -1,7 +1,7 @@
 """Ray Tune search over the Ray Train run: ASHA early stopping, a results table and plots,
 and the best trial's best checkpoint exported. Search spaces come from tune_spec.py.
 
-Each trial is a Tune function trainable that builds and fits the project's TensorflowTrainer
+Each trial is a Tune function trainable that builds and fits the project's Ray Train trainer
 (the Ray 2.60 pattern; `Tuner(trainer)` is deprecated), with metrics forwarded to Tune by
 `TuneReportCallback`.
 """

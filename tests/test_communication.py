@@ -55,26 +55,30 @@ print(type(opt).__name__, [g.dtype for g in strategy.experimental_local_results(
 """
 
 
-def _summed_gradients(dtype, tmp_path):
-    out = tmp_path / f"{dtype}.npz"
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, dtype, str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    arrays = np.load(out)
-    return [arrays[k] for k in sorted(arrays.files, key=lambda k: int(k.split("_")[1]))], \
-        proc.stdout
-
-
 @pytest.fixture(scope="module")
-def float32_gradients(tmp_path_factory):
-    return _summed_gradients("float32", tmp_path_factory.mktemp("float32"))
+def summed_gradients(tmp_path_factory):
+    """The gradients summed over two replicas with each all-reduce dtype, and what the script
+    printed; the three processes run at once (each is mostly one thread tracing)."""
+    out = tmp_path_factory.mktemp("allreduce")
+    dtypes = ("float32", "float16", "bfloat16")
+    procs = {d: subprocess.Popen([sys.executable, "-c", SCRIPT, d, str(out / f"{d}.npz")],
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True) for d in dtypes}
+    results = {}
+    for dtype, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-3000:]
+        arrays = np.load(out / f"{dtype}.npz")
+        results[dtype] = ([arrays[k] for k in sorted(arrays.files,
+                                                     key=lambda k: int(k.split("_")[1]))],
+                          stdout)
+    return results
 
 
 @pytest.mark.parametrize("dtype, tolerance", [("float16", 2e-3), ("bfloat16", 1e-2)])
-def test_compressed_gradients_sum_to_the_float32_sum(float32_gradients, dtype, tolerance,
-                                                     tmp_path):
-    exact, out32 = float32_gradients
-    sent, out = _summed_gradients(dtype, tmp_path)
+def test_compressed_gradients_sum_to_the_float32_sum(summed_gradients, dtype, tolerance):
+    exact, out32 = summed_gradients["float32"]
+    sent, out = summed_gradients[dtype]
     assert "CompressedAllReduceAdam" in out and "float32" in out  # back to float32 for Adam
     assert "CompressedAllReduceAdam" not in out32
     error = np.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(exact, sent)) /

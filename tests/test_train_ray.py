@@ -75,34 +75,42 @@ def test_every_epoch_reports_metrics_and_replicas_stay_identical(two_worker_run)
     assert reports[0]["weights_digest"] != reports[-1]["weights_digest"], "weights never changed"
 
 
-def test_rerun_resumes_instead_of_starting_over(two_worker_run, tmp_path):
+def test_rerun_of_a_finished_run_trains_nothing_more_and_exports(two_worker_run, tmp_path,
+                                                                    cli):
+    """(A re-run that asks for more epochs resumes: tests/reliability/test_training.py.)"""
     cfg, _ = two_worker_run
-    longer = TrainConfig.from_dict({**cfg.to_dict(), "epochs": 3})
-    result = run_training(longer, quiet=True)
-    epochs = [r["epoch"] for r in _reports(cfg.run_dir) if r["rank"] == 0]
-    assert epochs == [1, 2, 3], epochs
-    assert result.metrics["epoch"] == 3
-    # Re-running a finished run trains nothing more and still exports.
-    again = TrainConfig.from_dict({**longer.to_dict(), "export": str(tmp_path / "again")})
-    run_training(again, quiet=True)
-    assert [r["epoch"] for r in _reports(cfg.run_dir) if r["rank"] == 0] == [1, 2, 3]
-    assert load_model_dir(tmp_path / "again")[1]["metrics"]["epoch"] >= 1
+    reports = _reports(cfg.run_dir)
+    proc = cli("train", "--data", cfg.data, "--model", cfg.model, "--epochs", cfg.epochs,
+               "--num-workers", cfg.num_workers, "--storage", cfg.storage, "--name", cfg.name,
+               "--export", tmp_path / "again")
+    assert proc.returncode == 0, proc.stderr
+    assert f"already holds {cfg.epochs} epochs: nothing to train" in proc.stdout, proc.stdout
+    assert proc.stdout.splitlines()[-1].startswith(f"finished: {cfg.epochs} epochs")
+    assert _reports(cfg.run_dir) == reports
+    assert load_model_dir(tmp_path / "again")[1]["metrics"]["epoch"] == cfg.epochs
 
 
-def test_one_and_two_workers_learn_alike(two_worker_run, synth_dir, tmp_path):
+def test_one_and_two_workers_learn_alike(two_worker_run, tiny_model_dir, synth_dir, tmp_path):
+    from resnet_ray.checkpoints import CONFIG_FILE, checkpoint_score, complete_checkpoints
+
     two, result = two_worker_run
-    losses = {2: result.metrics["loss"]}
-    for workers in (0, 1):
-        # The lone Ray worker gets every CPU, so its thread pools are the size of this
-        # process's (TensorFlow's defaults): with other sizes the kernels sum in another
-        # order, and that rounding grows over the epochs.
-        cpus = os.cpu_count() if workers == 1 else 1
-        cfg = _config(synth_dir, tmp_path, num_workers=workers, name=f"w{workers}",
-                      export=None, storage=str(tmp_path / f"runs{workers}"),
-                      cpus_per_worker=cpus)
-        losses[workers] = run_training(cfg, quiet=True).metrics["loss"]
-    for cfg in (two, _config(synth_dir, tmp_path, storage=str(tmp_path / "runs1"), name="w1",
-                             num_workers=1, cpus_per_worker=os.cpu_count())):
+    # Plain Keras in this process: the session's tiny model is that run (num_workers 0).
+    plain_dir = tiny_model_dir.parent / "runs" / "tiny"
+    plain = TrainConfig.load(plain_dir / CONFIG_FILE)
+    same = {"storage", "name", "export", "input_shape", "classes"}
+    assert {k: v for k, v in plain.to_dict().items() if k not in same} == \
+        {k: v for k, v in _config(synth_dir, tmp_path, num_workers=0).to_dict().items()
+         if k not in same}
+    last = complete_checkpoints(plain_dir)[-1]
+    assert checkpoint_score(last, "epoch") == two.epochs
+    losses = {0: checkpoint_score(last, "loss"), 2: result.metrics["loss"]}
+    # The lone Ray worker gets every CPU, so its thread pools are the size of this
+    # process's (TensorFlow's defaults): with other sizes the kernels sum in another
+    # order, and that rounding grows over the epochs.
+    one = _config(synth_dir, tmp_path, num_workers=1, name="w1", export=None,
+                  storage=str(tmp_path / "runs1"), cpus_per_worker=os.cpu_count())
+    losses[1] = run_training(one, quiet=True).metrics["loss"]
+    for cfg in (two, one):
         reports = [r for r in _reports(cfg.run_dir) if r["epoch"] <= 2]
         assert {r["strategy"] for r in reports} == {
             "MultiWorkerMirroredStrategy" if cfg.num_workers == 2 else
