@@ -73,13 +73,12 @@ def build_trainer(cfg: TrainConfig, data, callbacks=(), board=None):
     board: the actor rank 0 posts its progress to (resnet_ray/progress.py)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-
+    from ray.train.v2.api.config import LoggingConfig
     # TensorflowTrainer is this trainer with Ray's TensorflowConfig; both import TensorFlow,
     # which neither this process (a Tune trial) nor Train's controller uses (tf_backend.py).
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     from .tf_backend import TensorflowConfig
-    from ray.train.v2.api.config import LoggingConfig
 
     local = cfg.num_workers == 0
     callbacks = list(callbacks)
@@ -118,8 +117,10 @@ def _best_checkpoint(cfg: TrainConfig, result):
 def finished_epochs(cfg: TrainConfig) -> int | None:
     """How many epochs a Ray run in local storage already holds, when that is all it was
     asked for: re-running it only exports, without starting a worker."""
-    done = complete_checkpoints(cfg.run_dir) if not is_remote(cfg.storage) else []
-    if cfg.num_workers == 0 or not done or not (Path(cfg.run_dir) / RAY_SNAPSHOT).exists():
+    if cfg.num_workers == 0 or is_remote(cfg.storage):
+        return None
+    done = complete_checkpoints(cfg.run_dir)
+    if not done or not (Path(cfg.run_dir) / RAY_SNAPSHOT).exists():
         return None
     epoch = checkpoint_score(done[-1], "epoch")
     return int(epoch) if epoch is not None and epoch >= cfg.epochs else None
