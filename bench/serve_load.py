@@ -1,159 +1,357 @@
-"""Serve throughput and latency of the full ResNet-50 over HTTP on loopback,
-with `@serve.batch` on (max_batch_size 32) and off (max_batch_size 1), at concurrency 1, 8
-and 32, against the same model called in this process at batch 1, 8 and 32.
+"""Serving speed: the exported ResNet-50 in process per backend, and over HTTP on loopback per
+serving setting, measured by a compiled client (`hey`) on the same machine.
 
-python -m bench.serve_load [--quick] [--requests 200] [--out bench/results/serve-DATE.json]
+python -m bench.serve_load [--quick] [--seconds 8] [--model-dir DIR --test-data FILE] [--out F]
 
-Bounded request loops against 127.0.0.1 only. The model's weights are untrained: speed does
-not depend on them. The in-process baseline is the replica's own call (a `tf.function` of
-the model in inference mode) on images already decoded; HTTP adds PNG decoding, the proxy and
-the batching queue, and shares the machine's cores with the load generator. --quick serves the tiny model with a few requests: it keeps the harness
-working (tests/test_bench.py) and measures nothing.
+Each HTTP setting runs in its own process with its own Ray cluster, because Serve reads its
+ingress settings from the environment a cluster starts with; so no other Ray cluster may run
+on the machine. Every setting reports images/s and p50/p95/p99 per concurrency, the mean batch
+the replica formed, and the share of the machine's CPU that the client used. The levers are
+added one at a time, in the order of the table. With --model-dir and --test-data, each backend's
+predictions on that test file are compared with TensorFlow's. --quick serves the tiny model for
+a second per point: it keeps the harness working (tests/test_bench.py) and measures nothing.
 """
 
+from __future__ import annotations
+
 import argparse
-import asyncio
 import io
 import json
+import os
+import re
+import resource
 import shutil
-import socket
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from datetime import date
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from .common import inference_images_per_s, result_path, write_report
+from .common import result_path, write_report
 
+DIRECT_PORT = 30000  # Serve's first direct-ingress port (RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT)
+PROXY_PORT = 8011
+BACKENDS = ("tf", "openvino-f32", "openvino", "openvino-int8")
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def _load(url: str, payload: bytes, requests: int, concurrency: int) -> dict:
-    import httpx
-
-    latencies, errors = [], 0
-    queue = iter(range(requests))
-
-    async def worker(client):
-        nonlocal errors
-        for _ in queue:
-            start = time.perf_counter()
-            r = await client.post(url, content=payload, headers={"content-type": "image/png"})
-            latencies.append(time.perf_counter() - start)
-            errors += r.status_code != 200
-
-    async with httpx.AsyncClient(timeout=120) as client:
-        begin = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        wall = time.perf_counter() - begin
-    ms = np.array(latencies) * 1000
-    return {"concurrency": concurrency, "requests": requests, "errors": errors,
-            "images_per_s": requests / wall, "p50_ms": float(np.percentile(ms, 50)),
-            "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99))}
-
-
-def in_process(model_dir: Path, batch: int, images: int) -> dict:
-    """images/s of the replica's model call at a fixed batch size, no HTTP."""
-    from resnet_ray.modeldir import load_model_dir
-    from resnet_ray.images import to_model_input
-
-    model, meta = load_model_dir(model_dir)
-    x = to_model_input(np.random.default_rng(0).integers(
-        0, 256, (batch, *meta["input_shape"]), np.uint8))
-    return {"batch": batch,
-            "images_per_s": inference_images_per_s(model, x, max(2, images // batch))}
+# (name, settings). "+ lever" adds a lever to the chain before it; "~ change" is a variant of
+# the chain so far (the chain goes on without it); any other row stands alone on BASE.
+BASE = {"backend": "tf", "ingress": "proxy", "env": {}, "access_log": True,
+        "max_batch_size": 32, "wait_s": 0.01, "replicas": 1, "threads": None,
+        "concurrency": [1, 32], "json": False}
+THROUGHPUT = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+SETTINGS = [
+    ("tf, proxy (the old defaults)", {"concurrency": [1, 8, 32]}),
+    ("tf, proxy, batching off", {"max_batch_size": 1, "concurrency": [1, 8, 32]}),
+    ("+ access log off", {"access_log": False}),
+    ("~ RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (proxy port)", {"env": THROUGHPUT}),
+    ("~ RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (replica port)", {"env": THROUGHPUT,
+                                                           "ingress": "direct"}),
+    ("~ direct ingress (replica port)", {"ingress": "direct"}),
+    ("+ HAProxy ingress", {"ingress": "haproxy", "concurrency": [1, 8, 32], "json": True}),
+    ("~ batching off", {"max_batch_size": 1, "concurrency": [1, 8, 32]}),
+    ("+ OpenVINO backend", {"backend": "openvino", "concurrency": [1, 8, 32], "json": True}),
+    ("~ batching off", {"max_batch_size": 1}),
+    ("~ Ray's proxy (the default ingress)", {"ingress": "proxy", "concurrency": [1, 8, 32],
+                                             "json": True}),
+    ("~ direct ingress (replica port)", {"ingress": "direct"}),
+    ("~ wait 2 ms", {"wait_s": 0.002}),
+    ("~ max batch 8", {"max_batch_size": 8}),
+    ("~ 2 replicas x 1 thread", {"replicas": 2, "threads": 1}),
+]
+QUICK = [("tf, proxy (the old defaults)", {"concurrency": [1, 8, 32]}),
+         ("tf, proxy, batching off", {"max_batch_size": 1, "concurrency": [1, 8, 32]})]
 
 
-def summarize(rows: list[dict], local: list[dict]) -> dict:
-    """The serving goal's two ratios, at concurrency 32: HTTP with batching against the in-process
-    call at batch 32 (goal >= 0.8), and batching on against off (goal >= 3)."""
-    http = {(r["batching"], r["concurrency"]): r["images_per_s"] for r in rows}
-    top = max(c for _, c in http)
-    local_top = next(r["images_per_s"] for r in local if r["batch"] == max(
-        r["batch"] for r in local))
-    out = {"concurrency": top,
-           "http_batched_vs_in_process": http[("on", top)] / local_top,
-           "batched_vs_unbatched": http[("on", top)] / http[("off", top)]}
-    out["goals"] = {"http_batched_vs_in_process >= 0.8": out["http_batched_vs_in_process"] >= 0.8,
-                    "batched_vs_unbatched >= 3": out["batched_vs_unbatched"] >= 3}
+def ensure_hey() -> str:
+    """The load generator: Debian's `hey`, installed here when missing and apt can."""
+    if not shutil.which("hey") and shutil.which("apt-get") and os.geteuid() == 0:
+        subprocess.run("apt-get install -y -qq hey >/dev/null 2>&1 || (apt-get update -qq && "
+                       "apt-get install -y -qq hey >/dev/null)", shell=True, check=False)
+    path = shutil.which("hey")
+    if not path:
+        sys.exit("bench serve needs the `hey` load generator: apt install hey")
+    return path
+
+
+def hey(url: str, body: Path, ctype: str, concurrency: int, seconds: float) -> dict:
+    """One load point; the client's CPU share is its CPU time over the machine's."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    begin = time.perf_counter()
+    out = subprocess.run(["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST",
+                          "-T", ctype, "-D", str(body), "-t", "60", url],
+                         capture_output=True, text=True, check=True).stdout
+    wall = time.perf_counter() - begin
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    codes = {int(c): int(n) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
+    # hey prints a percentile only once it has enough requests for it (100 for p99).
+    ms = {p: float(v) * 1000 for p, v in re.findall(r"(\d+)%+ in ([\d.]+) secs", out)}
+    total = sum(codes.values())
+    return {"concurrency": concurrency, "requests": total, "errors": total - codes.get(200, 0),
+            "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50_ms": ms.get("50"), "p95_ms": ms.get("95"), "p99_ms": ms.get("99"),
+            "client_cpu_share": cpu / wall / os.cpu_count()}
+
+
+def run_setting(spec: dict, model_dir: str, png: Path, js: Path, seconds: float) -> dict:
+    """In a fresh process (`--one`): start Ray with the setting's environment, serve, load."""
+    os.environ.update(spec["env"])
+    if spec["ingress"] == "haproxy":
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+    if spec["ingress"] == "direct":
+        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+    from ray import serve
+
+    from resnet_ray.runtime import init_ray
+    from resnet_ray.serve import DigitService
+
+    if not init_ray():
+        sys.exit("bench serve starts its own Ray clusters: stop the running one (ray stop)")
+    serve.start(http_options={"host": "127.0.0.1", "port": PROXY_PORT})
+    options = {"num_replicas": spec["replicas"], "max_ongoing_requests": 64,
+               "max_queued_requests": 256,
+               "user_config": {"max_batch_size": spec["max_batch_size"],
+                               "batch_wait_timeout_s": spec["wait_s"]}}
+    if not spec["access_log"]:
+        options["logging_config"] = {"enable_access_log": False}
+    serve.run(DigitService.options(**options).bind(
+        model_dir, backend=spec["backend"], threads=spec["threads"]),
+        name="bench", route_prefix="/")
+    port = DIRECT_PORT if spec["ingress"] == "direct" else PROXY_PORT
+    url = f"http://127.0.0.1:{port}"
+    _wait_ready(url)
+    hey(f"{url}/predict", png, "image/png", 4, 2)  # warm-up
+    rows = [{"images": 1, **hey(f"{url}/predict", png, "image/png", c, seconds)}
+            for c in spec["concurrency"]]
+    meta = json.loads(urllib.request.urlopen(f"{url}/metadata").read())
+    if spec["json"]:
+        rows.append({"images": 32, **hey(f"{url}/predict", js, "application/json", 1, seconds)})
+    sizes = {int(k): v for k, v in meta["batch_sizes"].items()}
+    for r in rows:
+        r["images_per_s"] = r["requests_per_s"] * r["images"]
+    serve.shutdown()
+    return {"rows": rows, "backend": meta["backend"],
+            "mean_batch": sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values()))}
+
+
+def _wait_ready(url: str, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/healthz", timeout=5).read()
+            return
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def in_process(model_dir: str, backend: str, batches: list[int], seconds: float) -> list[dict]:
+    """images/s of the replica's own model call (the backend's predictor) at fixed batches."""
+    from resnet_ray.backends import load_predictor
+
+    predictor, meta = load_predictor(model_dir, backend)
+    rows = []
+    for batch in batches:
+        x = np.random.default_rng(0).random((batch, *meta["input_shape"]), np.float32)
+        predictor(x)
+        n, begin = 0, time.perf_counter()
+        while time.perf_counter() - begin < seconds:
+            predictor(x)
+            n += 1
+        rows.append({"backend": predictor.description, "batch": batch,
+                     "images_per_s": n * batch / (time.perf_counter() - begin)})
+    return rows
+
+
+def agreement(model_dir: str, test_file: str, backends) -> list[dict]:
+    """Each backend against TensorFlow on held-out photos: same top class, accuracy."""
+    from resnet_ray.backends import load_predictor
+    from resnet_ray.data import load_signs
+    from resnet_ray.predict import predict_probs
+
+    test = load_signs(test_file)
+    ref = predict_probs(load_predictor(model_dir, "tf")[0], test.x).argmax(1)
+    rows = []
+    for backend in backends:
+        predictor = load_predictor(model_dir, backend)[0]
+        top = predict_probs(predictor, test.x).argmax(1)
+        rows.append({"backend": predictor.description, "photos": len(test),
+                     "same_top_class": float((top == ref).mean()),
+                     "accuracy": float((top == test.y).mean()),
+                     "tf_accuracy": float((ref == test.y).mean())})
+    return rows
+
+
+def summarize(settings: list[dict], local: list[dict]) -> dict:
+    """The issue's ratios, each against TensorFlow's in-process rate at batch 32."""
+    def rate(name, images=1, c=32, after=None):
+        s = _setting(settings, name, after)
+        return next(r["images_per_s"] for r in s["rows"]
+                    if r["concurrency"] == c and r["images"] == images)
+
+    def row(name, c):
+        s = _setting(settings, name)
+        return next(r for r in s["rows"] if r["concurrency"] == c and r["images"] == 1)
+
+    tf32 = next(r["images_per_s"] for r in local if r["backend"].startswith("tf ")
+                and r["batch"] == 32)
+    best32 = max(r["images_per_s"] for r in local if r["batch"] == 32)
+    names = [s["name"] for s in settings]
+    out = {"tf_in_process_batch32": tf32, "fastest_backend_vs_tf_batch32": best32 / tf32}
+    if "+ HAProxy ingress" in names:
+        out.update({
+            "tf_http_c32_vs_in_process": rate("+ HAProxy ingress") / tf32,
+            "tf_batching_on_vs_off_c32": rate("+ HAProxy ingress") /
+            rate("~ batching off", after="+ HAProxy ingress"),
+            "tf_json32_vs_in_process": rate("+ HAProxy ingress", images=32, c=1) / tf32,
+            "openvino_http_c32_vs_tf_in_process": rate("+ OpenVINO backend") / tf32,
+            "openvino_p50_ms_c1": row("+ OpenVINO backend", 1)["p50_ms"],
+            "default_ingress_http_c32_vs_tf_in_process":
+                rate("~ Ray's proxy (the default ingress)") / tf32,
+            "default_ingress_p50_ms_c1": row("~ Ray's proxy (the default ingress)", 1)["p50_ms"]})
+    else:
+        out["tf_batching_on_vs_off_c32"] = rate(names[0]) / rate(names[1])
     return out
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _setting(settings: list[dict], name: str, after: str | None = None) -> dict:
+    """The setting of that name (the first one after `after`, for a repeated variant)."""
+    start = next(i for i, s in enumerate(settings) if s["name"] == after) if after else 0
+    return next(s for s in settings[start:] if s["name"] == name)
+
+
 def markdown(report: dict) -> str:
-    lines = ["| @serve.batch | concurrency | images/s | p50 ms | p95 ms | p99 ms | errors |",
-             "|---|---|---|---|---|---|---|"]
-    for r in report["rows"]:
-        lines.append(f"| {r['batching']} (max {r['max_batch_size']}) | {r['concurrency']} | "
-                     f"{r['images_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
-                     f"{r['p99_ms']:.0f} | {r['errors']} |")
-    lines += ["", "| in process, batch | images/s |", "|---|---|"]
-    lines += [f"| {r['batch']} | {r['images_per_s']:.1f} |" for r in report["in_process"]]
-    s = report["summary"]
-    lines += ["", f"At concurrency {s['concurrency']}: batched HTTP = "
-                  f"{s['http_batched_vs_in_process']:.2f}x in-process (goal 0.8x); batching on = "
-                  f"{s['batched_vs_unbatched']:.2f}x off (goal 3x)."]
+    lines = ["| setting | backend | concurrency | images/request | images/s | p50 ms | p95 ms | "
+             "p99 ms | errors | mean batch | client CPU |", "|---|---|---|---|---|---|---|---|"
+             "---|---|---|"]
+    for s in report["settings"]:
+        for r in s["rows"]:
+            lines.append(f"| {s['name']} | {s['backend']} | {r['concurrency']} | {r['images']} | "
+                         f"{r['images_per_s']:.1f} | {_ms(r['p50_ms'])} | {_ms(r['p95_ms'])} | "
+                         f"{_ms(r['p99_ms'])} | {r['errors']} | {s['mean_batch']:.1f} | "
+                         f"{r['client_cpu_share']:.0%} |")
+    lines += ["", "| in process | batch | images/s |", "|---|---|---|"]
+    lines += [f"| {r['backend']} | {r['batch']} | {r['images_per_s']:.1f} |"
+              for r in report["in_process"]]
+    if report.get("agreement"):
+        lines += ["", "| backend | held-out photos | same top class as TF | accuracy | TF's |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['backend']} | {r['photos']} | {r['same_top_class']:.1%} | "
+                  f"{r['accuracy']:.1%} | {r['tf_accuracy']:.1%} |" for r in report["agreement"]]
+    lines += ["", "Against TensorFlow in process at batch 32: " + ", ".join(
+        f"{k} {v:.2f}" for k, v in report["summary"].items())]
     return "\n".join(lines)
+
+
+def _payloads(tmp: Path, shape) -> tuple[Path, Path]:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, shape, np.uint8)).save(buf, format="PNG")
+    (tmp / "image.png").write_bytes(buf.getvalue())
+    (tmp / "batch.json").write_text(json.dumps(
+        {"instances": rng.integers(0, 256, (32, *shape), np.uint8).tolist()}))
+    return tmp / "image.png", tmp / "batch.json"
+
+
+def _machine() -> str:
+    from .compute import cpu_peak
+
+    flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n")[0] \
+        if Path("/proc/cpuinfo").exists() else ""
+    vector = sorted({f for f in flags.split() if f.startswith(("avx512", "amx")) or f == "avx2"})
+    info = cpu_peak()
+    return f"{info['cpu']}, {info['cores']} cores, {' '.join(vector) or 'no AVX2'}"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--requests", type=int)
+    parser.add_argument("--seconds", type=float)
+    parser.add_argument("--model-dir", help="an exported model (default: an untrained one)")
+    parser.add_argument("--test-data", help="a test_signs.h5 for the backends' agreement")
     parser.add_argument("--out")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    requests = args.requests or (16 if args.quick else 200)
+    if args.one:
+        spec = json.loads(args.one)
+        print("RESULT " + json.dumps(run_setting(spec, spec["model_dir"], Path(spec["png"]),
+                                                 Path(spec["json_body"]), spec["seconds"])))
+        return
+    seconds = args.seconds or (1.0 if args.quick else 8.0)
     out = result_path(args.out, "serve", args.quick)
+    ensure_hey()
+    import ray
 
-    from ray import serve
-
-    from resnet_ray.modeldir import save_model_dir
-    from resnet_ray.model import build_model
-    from resnet_ray.serve import DigitService
-    from resnet_ray.runtime import init_ray
-
-    model_name = "tiny" if args.quick else "resnet50"
-    model_dir = Path(tempfile.mkdtemp()) / model_name
-    save_model_dir(build_model(model_name), model_dir,
-                   {"classes": [0, 1, 2, 3, 4, 5], "config": {}, "metrics": {}})
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)).save(
-        buf, format="PNG")
-    payload = buf.getvalue()
-    init_ray()
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    url = f"http://127.0.0.1:{port}/predict"
-    rows = []
+    ray.shutdown()  # a cluster an earlier part started here would be joined, not started
+    tmp = Path(tempfile.mkdtemp())
     try:
-        try:
-            for batching, size in (("on", 32), ("off", 1)):
-                serve.run(DigitService.options(
-                    max_ongoing_requests=32, max_queued_requests=256,
-                    user_config={"max_batch_size": size, "batch_wait_timeout_s": 0.01})
-                    .bind(str(model_dir)), name="bench", route_prefix="/")
-                asyncio.run(_load(url, payload, 20, 4))  # warm-up
-                for concurrency in (1, 8, 32):
-                    row = {"batching": batching, "max_batch_size": size,
-                           **asyncio.run(_load(url, payload, requests, concurrency))}
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
-                serve.delete("bench")
-        finally:
-            serve.shutdown()
-        # After Serve is gone, so that the replica does not compete for the cores.
-        local = [in_process(model_dir, batch, requests) for batch in (1, 8, 32)]
+        model_dir = args.model_dir or _untrained(tmp, "tiny" if args.quick else "resnet50")
+        if args.test_data and not args.quick:
+            from resnet_ray.backends import quantize
+            quantize(model_dir, Path(args.test_data).with_name("train_signs.h5"))
+        from resnet_ray.modeldir import read_metadata
+        png, js = _payloads(tmp, tuple(read_metadata(model_dir)["input_shape"]))
+        settings, chain = [], dict(BASE)
+        for i, (name, change) in enumerate(QUICK if args.quick else SETTINGS):
+            # "+ lever" rows add to the chain of levers; other rows stand alone on BASE.
+            spec = {**(chain if name[:2] in ("+ ", "~ ") else BASE), **change}
+            if i == 0 or name.startswith("+ "):
+                chain = spec
+            spec = {**spec, "concurrency": change.get("concurrency", BASE["concurrency"]),
+                    "json": change.get("json", False)}
+            result = _run_one(name, spec, model_dir, png, js, seconds)
+            settings.append(result)
+        backends = ["tf"] if args.quick else [b for b in BACKENDS if b != "openvino-int8" or
+                                              args.test_data]
+        local = [r for b in backends for r in in_process(model_dir, b, [1, 8, 32],
+                                                          min(seconds, 5))]
+        agree = agreement(model_dir, args.test_data, backends[1:]) if args.test_data else []
     finally:
-        shutil.rmtree(model_dir.parent, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     report = {"part": "serve", "date": str(date.today()), "quick": args.quick,
-              "model": f"{model_name} 64x64x3", "requests": requests, "rows": rows,
-              "in_process": local, "summary": summarize(rows, local)}
+              "machine": _machine(), "model": args.model_dir or "untrained resnet50",
+              "seconds_per_point": seconds, "settings": settings, "in_process": local,
+              "agreement": agree, "summary": summarize(settings, local)}
     write_report(report, out, markdown(report))
+
+
+def _run_one(name, spec, model_dir, png, js, seconds) -> dict:
+    one = {**spec, "model_dir": str(model_dir), "png": str(png), "json_body": str(js),
+           "seconds": seconds}
+    proc = subprocess.run([sys.executable, "-m", "bench.serve_load", "--one", json.dumps(one)],
+                          capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"],
+                   capture_output=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode or not line:
+        raise RuntimeError(f"serve setting {name!r} failed:\n{proc.stdout[-2000:]}\n"
+                           f"{proc.stderr[-3000:]}")
+    result = {"name": name, **{k: v for k, v in spec.items() if k != "model_dir"},
+              **json.loads(line[len("RESULT "):])}
+    print(json.dumps({k: result[k] for k in ("name", "backend", "mean_batch", "rows")}),
+          flush=True)
+    return result
+
+
+def _untrained(tmp: Path, model_name: str) -> str:
+    from resnet_ray.model import build_model
+    from resnet_ray.modeldir import save_model_dir
+
+    path = tmp / model_name
+    save_model_dir(build_model(model_name), path,
+                   {"classes": [0, 1, 2, 3, 4, 5], "config": {}, "metrics": {}})
+    return str(path)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def _data_synth(a):
 def _evaluate(a):
     from .evaluate import evaluate, format_report, plot_confusion
 
-    m = evaluate(a.model_dir, a.data)
+    m = evaluate(a.model_dir, a.data, a.backend)
     if a.plots:
         m["confusion_png"] = str(plot_confusion(m, a.plots))
     print(json.dumps(m) if a.json else format_report(m))
@@ -54,7 +54,7 @@ def _evaluate(a):
 def _predict(a):
     from .predict import predict_files
 
-    for path, p in zip(a.images, predict_files(a.model_dir, a.images)):
+    for path, p in zip(a.images, predict_files(a.model_dir, a.images, a.backend)):
         print(f"{path}: {p.describe()}")
 
 
@@ -62,7 +62,16 @@ def _serve(a):
     from .serve import serve_foreground
 
     console.set_verbose(a.verbose)
-    serve_foreground(a.model_dir, host=a.host, port=a.port, replicas=a.replicas)
+    serve_foreground(a.model_dir, host=a.host, port=a.port, replicas=a.replicas,
+                     backend=a.backend, ingress=a.ingress, access_log=a.access_log)
+
+
+def _quantize(a):
+    from .backends import quantize
+
+    info = quantize(a.model_dir, a.data, a.images)
+    print(f"wrote {a.model_dir}/openvino-int8.xml: int8, calibrated on {info['images']} "
+          f"training images of {info['calibration']}; use --backend openvino-int8")
 
 
 def _demo(a):
@@ -100,6 +109,14 @@ def _add_data_commands(sub) -> None:
     syn.set_defaults(func=_data_synth)
 
 
+def _add_backend_flag(parser) -> None:
+    from .backends import BACKENDS
+
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="inference backend (default auto: OpenVINO at the CPU's own "
+                             "precision, bfloat16 where the CPU has it; tf: TensorFlow)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="resnet-ray",
@@ -120,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("model_dir")
     ev.add_argument("--data", required=True, help="a train_signs.h5- or test_signs.h5-layout "
                     "file, or builtin:sign-digits[-10] for its held-out test photos")
+    _add_backend_flag(ev)
     ev.add_argument("--json", action="store_true")
     ev.add_argument("--plots", help="write confusion.png into this directory")
     ev.set_defaults(func=_evaluate)
@@ -127,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="digit per image file")
     pr.add_argument("model_dir")
     pr.add_argument("images", nargs="+")
+    _add_backend_flag(pr)
     pr.set_defaults(func=_predict)
 
     se = sub.add_parser("serve", help="serve an exported model over HTTP (Ray Serve)")
@@ -134,8 +153,23 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--host", default="127.0.0.1")
     se.add_argument("--port", type=int, default=8000)
     se.add_argument("--replicas", type=int, default=1)
+    _add_backend_flag(se)
+    se.add_argument("--ingress", default="proxy", choices=["proxy", "haproxy"],
+                    help="who answers HTTP: Ray's Python proxy (default), or HAProxy straight "
+                         "to the replicas, 2-3x the throughput; its stats page and metrics "
+                         "port listen on all interfaces (docs/serving.md)")
+    se.add_argument("--access-log", action="store_true",
+                    help="one log line per request in the replica's log (off: it costs CPU)")
     console.add_verbose_flag(se)
     se.set_defaults(func=_serve)
+
+    qu = sub.add_parser("quantize", help="int8 copy of an exported model for OpenVINO "
+                                         "(post-training, calibrated on training images)")
+    qu.add_argument("model_dir")
+    qu.add_argument("--data", required=True, help="a SIGNS directory or its train_signs.h5 "
+                    "(never the test file)")
+    qu.add_argument("--images", type=int, default=300, help="calibration images (default 300)")
+    qu.set_defaults(func=_quantize)
 
     de = sub.add_parser("demo", help="embedded photos -> tune -> train -> evaluate -> predict "
                                        "-> serve")

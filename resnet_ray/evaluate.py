@@ -12,25 +12,26 @@ import numpy as np
 from . import embedded
 from .data import TEST_FILE, load_signs
 from .errors import DataError
-from .modeldir import load_model_dir
+from .backends import load_predictor
 from .predict import predict_probs
 
 
-def evaluate(model_dir: str | os.PathLike, data_file: str | os.PathLike) -> dict[str, Any]:
+def evaluate(model_dir: str | os.PathLike, data_file: str | os.PathLike,
+             backend: str = "auto") -> dict[str, Any]:
     """Metrics of a model directory on a SIGNS-layout file, or on the held-out test photos
-    of an embedded data set (builtin:sign-digits)."""
+    of an embedded data set (builtin:sign-digits), predicted by the given backend."""
     if embedded.is_builtin(str(data_file)):
         data_file = Path(embedded.resolve(str(data_file))) / TEST_FILE
     data = load_signs(data_file)
-    model, meta = load_model_dir(model_dir)
+    predictor, meta = load_predictor(model_dir, backend)
     if data.classes != meta["classes"]:
         raise DataError(f"{data_file}: list_classes {data.classes} differs from the model's "
                         f"classes {meta['classes']} ({model_dir})")
     if list(data.input_shape) != meta["input_shape"]:
         raise DataError(f"{data_file}: images are {list(data.input_shape)}, the model "
                         f"({model_dir}) expects {meta['input_shape']}")
-    probs = predict_probs(model, data.x)
-    return metrics_from_probs(probs, data.y, data.classes)
+    probs = predict_probs(predictor, data.x)
+    return {**metrics_from_probs(probs, data.y, data.classes), "backend": predictor.description}
 
 
 def metrics_from_probs(probs: np.ndarray, y: np.ndarray, classes: list[int]) -> dict[str, Any]:
@@ -52,7 +53,8 @@ def metrics_from_probs(probs: np.ndarray, y: np.ndarray, classes: list[int]) -> 
 
 
 def format_report(m: dict[str, Any]) -> str:
-    lines = [f"n {m['n']}  loss {m['loss']:.4f}  accuracy {m['accuracy']:.4f}", "",
+    backend = f"  backend {m['backend']}" if m.get("backend") else ""
+    lines = [f"n {m['n']}  loss {m['loss']:.4f}  accuracy {m['accuracy']:.4f}{backend}", "",
              "class  precision  recall"]
     for c, p, r in zip(m["classes"], m["precision"], m["recall"]):
         lines.append(f"{c:>5}  {p:9.4f}  {r:6.4f}")

@@ -40,18 +40,22 @@ def load_images(paths: list[str | os.PathLike], input_shape) -> np.ndarray:
     return np.stack([decode_image(p, size) for p in paths])
 
 
-def predict_files(model_dir: str | os.PathLike, paths: list[str | os.PathLike]) -> list[Prediction]:
-    from .modeldir import load_model_dir
+def predict_files(model_dir: str | os.PathLike, paths: list[str | os.PathLike],
+                  backend: str = "auto") -> list[Prediction]:
+    from .backends import load_predictor
 
-    model, meta = load_model_dir(model_dir)
+    predictor, meta = load_predictor(model_dir, backend)
     images = load_images(paths, meta["input_shape"])
-    return [interpret(p, meta["classes"]) for p in predict_probs(model, images)]
+    return [interpret(p, meta["classes"]) for p in predict_probs(predictor, images)]
 
 
 def predict_probs(model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities of uint8 images, batch by batch, BatchNormalization in inference mode."""
+    """Class probabilities of uint8 images, batch by batch, BatchNormalization in inference
+    mode; `model` is a Keras model or a backends.Predictor."""
+    from .backends import Predictor
     from .images import to_model_input
 
-    out = [model(to_model_input(x[i:i + batch_size]), training=False).numpy()
-           for i in range(0, len(x), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+    call = model if isinstance(model, Predictor) else \
+        (lambda batch: model(batch, training=False).numpy())
+    out = [call(to_model_input(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

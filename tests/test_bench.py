@@ -53,13 +53,16 @@ def test_bench_all_quick_writes_every_part(private_ray, tmp_path):
     assert again["predictions"] == scaling["predictions"]
     assert again["remodelled_from"] == str(scaling_json)
     serve = json.loads(next(tmp_path.glob("serve-*-quick.json")).read_text())
-    assert {(r["batching"], r["concurrency"]) for r in serve["rows"]} == {
-        (b, c) for b in ("on", "off") for c in (1, 8, 32)}
-    assert all(r["errors"] == 0 and r["p99_ms"] >= r["p95_ms"] >= r["p50_ms"] > 0
-               for r in serve["rows"])
+    rows = [(s["name"], s["max_batch_size"], r) for s in serve["settings"] for r in s["rows"]]
+    assert [(size, r["concurrency"]) for _, size, r in rows] == [
+        (size, c) for size in (32, 1) for c in (1, 8, 32)]
+    assert all(r["errors"] == 0 and r["requests"] > 0 and r["p95_ms"] >= r["p50_ms"] > 0
+               and 0 < r["client_cpu_share"] < 1 for _, _, r in rows)
+    # The replica formed batches only where batching was on.
+    assert [s["mean_batch"] > 1 for s in serve["settings"]] == [True, False]
     assert [r["batch"] for r in serve["in_process"]] == [1, 8, 32]
-    assert serve["summary"]["batched_vs_unbatched"] > 0
-    assert "in-process" in next(tmp_path.glob("serve-*-quick.md")).read_text()
+    assert serve["summary"]["tf_batching_on_vs_off_c32"] > 0 and "cores" in serve["machine"]
+    assert "| in process |" in next(tmp_path.glob("serve-*-quick.md")).read_text()
 
     comp = json.loads(next(tmp_path.glob("compute-*-quick.json")).read_text())
     assert comp["forward_flops_per_image"]["total"] > 0 and comp["cpu"]["peak_gflops"] > 0

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from resnet_ray.backends import resolve
 from resnet_ray.data import load_signs
 
 from conftest import SERVE_URL as URL, delete_apps
@@ -77,6 +78,7 @@ def test_health_metadata_and_openapi(served):
     meta = httpx.get(f"{URL}/metadata").json()
     assert meta["classes"] == [0, 1, 2, 3, 4, 5] and meta["input_shape"] == [64, 64, 3]
     assert meta["config"]["model"] == "tiny" and "val_accuracy" in meta["metrics"]
+    assert meta["backend"].split()[0] == resolve("auto")  # which backend answers
     schema = httpx.get(f"{URL}/openapi.json").json()
     assert "/predict" in schema["paths"] and "/metadata" in schema["paths"]
 

@@ -52,11 +52,13 @@ def _fake_model_dir(tmp_path):
 
 
 @pytest.mark.ray
-def test_serve_command_runs_in_the_foreground_and_stops_on_ctrl_c(private_ray, tiny_model_dir):
+@pytest.mark.parametrize("ingress", ["proxy", "haproxy"])
+def test_serve_command_runs_in_the_foreground_and_stops_on_ctrl_c(private_ray, tiny_model_dir,
+                                                                   ingress):
     port = 8317
     proc = subprocess.Popen([sys.executable, "-m", "resnet_ray", "serve", str(tiny_model_dir),
-                             "--port", str(port), "--verbose"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                             "--port", str(port), "--ingress", ingress, "--verbose"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 180
         while time.time() < deadline:
@@ -75,12 +77,20 @@ def test_serve_command_runs_in_the_foreground_and_stops_on_ctrl_c(private_ray, t
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out[-3000:]
-    assert "stopping" in out
+    assert "stopping" in out and f"ingress {ingress}" in out
+    # Nothing of the service outlives it (Serve's HAProxy is a separate process).
+    assert not _processes_named("haproxy"), _processes_named("haproxy")
     # --verbose: Serve's own lines and its actors' output (hidden by default) are shown.
     assert "(ServeController pid=" in out or "(ProxyActor pid=" in out, out[-3000:]
     assert not out.startswith("logs:")
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def _processes_named(name):
+    import psutil
+
+    return [p.info for p in psutil.process_iter(["pid", "name"]) if p.info["name"] == name]
 
 
 def _assert_loopback_only(pid, serve_port):

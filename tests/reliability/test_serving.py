@@ -48,13 +48,14 @@ def images(synth_dir):
 
 @pytest.fixture(scope="module")
 def local_model(tiny_model_dir):
-    from resnet_ray.modeldir import load_model_dir
+    """The model as the replica runs it: the same (default) backend, in this process."""
+    from resnet_ray.backends import load_predictor
 
-    return load_model_dir(tiny_model_dir)[0]
+    return load_predictor(tiny_model_dir)[0]
 
 
-def _expected(model, pixels: np.ndarray) -> np.ndarray:
-    return model(to_model_input(pixels[None]), training=False).numpy()[0]
+def _expected(predictor, pixels: np.ndarray) -> np.ndarray:
+    return predictor(to_model_input(pixels[None]))[0]
 
 
 def _still_serving(image):

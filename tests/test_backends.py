@@ -1,0 +1,76 @@
+"""Inference backends: OpenVINO (float32, the CPU's own precision, int8) against TensorFlow on
+the same model and photos, and the errors a user meets on the way."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from resnet_ray.backends import load_predictor
+from resnet_ray.data import load_signs
+from resnet_ray.predict import predict_probs
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny_model_dir, synth_dir, tmp_path_factory):
+    """A copy of the tiny model with its int8 version, calibrated on the training file."""
+    from resnet_ray.backends import quantize
+
+    model_dir = tmp_path_factory.mktemp("int8") / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    info = quantize(model_dir, synth_dir, count=64)
+    return model_dir, info
+
+
+def test_openvino_predicts_what_tensorflow_predicts(tiny_model_dir, synth_dir):
+    test = load_signs(synth_dir / "test_signs.h5")
+    tf_probs = predict_probs(load_predictor(tiny_model_dir, "tf")[0], test.x)
+    f32, _ = load_predictor(tiny_model_dir, "openvino-f32")
+    assert f32.description == "openvino-f32 (f32)"
+    np.testing.assert_allclose(predict_probs(f32, test.x), tf_probs, atol=1e-4)
+    # The CPU's own precision (bfloat16 where it has AVX512_BF16) keeps the top class.
+    native = predict_probs(load_predictor(tiny_model_dir, "openvino")[0], test.x)
+    assert (native.argmax(1) == tf_probs.argmax(1)).mean() >= 0.95
+    np.testing.assert_allclose(native.sum(1), 1.0, atol=1e-2)
+
+
+def test_int8_copy_is_calibrated_on_training_images_and_served(quantized, synth_dir):
+    model_dir, info = quantized
+    assert info["images"] == 64 and info["calibration"].endswith(synth_dir.name)
+    assert (model_dir / "openvino-int8.xml").is_file() and (model_dir / "openvino-int8.bin").is_file()
+    test = load_signs(synth_dir / "test_signs.h5")
+    int8, _ = load_predictor(model_dir, "openvino-int8")
+    assert int8.description.startswith("openvino-int8 (int8")
+    ref = predict_probs(load_predictor(model_dir, "tf")[0], test.x).argmax(1)
+    assert (predict_probs(int8, test.x).argmax(1) == ref).mean() >= 0.9
+
+
+def test_int8_copy_of_another_model_is_refused(quantized, tiny_model_dir, tmp_path):
+    model_dir, _ = quantized
+    other = tmp_path / "model"
+    shutil.copytree(model_dir, other)
+    (other / "model.keras").write_bytes((other / "model.keras").read_bytes() + b"\0")
+    missing = tmp_path / "plain"
+    shutil.copytree(tiny_model_dir, missing)
+    from resnet_ray.errors import ModelDirError
+    with pytest.raises(ModelDirError, match="made from another model.keras"):
+        load_predictor(other, "openvino-int8")
+    with pytest.raises(ModelDirError, match=r"openvino-int8.xml: missing.*resnet-ray quantize"):
+        load_predictor(missing, "openvino-int8")
+
+
+def test_quantize_never_calibrates_on_test_photos(cli, tiny_model_dir, synth_dir):
+    proc = cli("quantize", tiny_model_dir, "--data", synth_dir / "test_signs.h5")
+    assert proc.returncode == 2 and "test_signs.h5: a held-out test file" in proc.stderr
+    assert not (tiny_model_dir / "openvino-int8.xml").exists()
+
+
+def test_evaluate_and_predict_take_a_backend(cli, tiny_model_dir, synth_dir):
+    ev = cli("evaluate", tiny_model_dir, "--data", synth_dir / "test_signs.h5", "--json",
+             "--backend", "openvino-f32")
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["backend"] == "openvino-f32 (f32)"
+    tf = json.loads(cli("evaluate", tiny_model_dir, "--data", synth_dir / "test_signs.h5",
+                        "--json", "--backend", "tf").stdout)
+    assert tf["backend"] == "tf (f32)" and tf["confusion"] == json.loads(ev.stdout)["confusion"]
