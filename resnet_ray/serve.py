@@ -374,13 +374,17 @@ def serve_foreground(model_dir: str, host: str = "127.0.0.1", port: int = 8000,
         # Serve's ingress is fixed by the environment the cluster started with.
         ingress = "the running cluster's (set RAY_SERVE_ENABLE_HA_PROXY=1 before `ray start`)"
     quiet_serve_logs()
+    from .backends import resolve
+
+    print(f"starting Ray Serve: {replicas} replica(s) of {model_dir}, backend {resolve(backend)}, "
+          f"ingress {ingress}", flush=True)
     # Ctrl-C is the documented way to stop, and it can come while serve.run is still waiting
     # for the replicas (the HTTP proxy already answers by then): both are a clean stop.
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(app, name="digits", route_prefix="/")
-        print(f"serving {model_dir} at http://{host}:{port}/  (API docs: /docs; ingress "
-              f"{ingress}; Ctrl-C stops)", flush=True)
+        print(f"serving {model_dir} at http://{host}:{port}/  (API docs: /docs; Ctrl-C stops)",
+              flush=True)
         while True:
             time.sleep(1)
     except KeyboardInterrupt:

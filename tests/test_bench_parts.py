@@ -77,10 +77,26 @@ def test_time_to_accuracy_says_what_it_needs(tmp_path):
 
 
 def test_serve_ratios_compare_like_with_like():
-    rows = [{"batching": b, "concurrency": c, "images_per_s": r}
-            for b, c, r in (("on", 1, 10), ("on", 32, 90), ("off", 1, 11), ("off", 32, 20))]
-    local = [{"batch": 1, "images_per_s": 12}, {"batch": 32, "images_per_s": 100}]
-    s = serve_load.summarize(rows, local)
-    assert s["http_batched_vs_in_process"] == pytest.approx(0.9)
-    assert s["batched_vs_unbatched"] == pytest.approx(4.5)
-    assert all(s["goals"].values())
+    """Every ratio is against TensorFlow's in-process batch of 32 (not a faster backend's),
+    and each "~ batching off" variant is compared with the chain row it varies."""
+    def setting(name, c32, c1_p50=10.0, json=None):
+        rows = [{"images": 1, "concurrency": 32, "images_per_s": c32},
+                {"images": 1, "concurrency": 1, "images_per_s": 5, "p50_ms": c1_p50}]
+        rows += [{"images": 32, "concurrency": 1, "images_per_s": json}] if json else []
+        return {"name": name, "rows": rows}
+
+    settings = [setting("tf, proxy (the old defaults)", 30), setting("tf, proxy, batching off", 10),
+                setting("+ HAProxy ingress", 60, json=80), setting("~ batching off", 20),
+                setting("+ OpenVINO backend", 120, c1_p50=9.0), setting("~ batching off", 50),
+                setting("~ Ray's proxy (the default ingress)", 70, c1_p50=18.0)]
+    local = [{"backend": "tf (f32)", "batch": 32, "images_per_s": 100},
+             {"backend": "openvino (bf16)", "batch": 32, "images_per_s": 300},
+             {"backend": "tf (f32)", "batch": 1, "images_per_s": 40}]
+    s = serve_load.summarize(settings, local)
+    assert s["tf_in_process_batch32"] == 100 and s["fastest_backend_vs_tf_batch32"] == 3.0
+    assert s["tf_http_c32_vs_in_process"] == pytest.approx(0.6)
+    assert s["tf_batching_on_vs_off_c32"] == pytest.approx(3.0)
+    assert s["tf_json32_vs_in_process"] == pytest.approx(0.8)
+    assert s["openvino_http_c32_vs_tf_in_process"] == pytest.approx(1.2)
+    assert s["default_ingress_http_c32_vs_tf_in_process"] == pytest.approx(0.7)
+    assert (s["openvino_p50_ms_c1"], s["default_ingress_p50_ms_c1"]) == (9.0, 18.0)
