@@ -59,7 +59,7 @@ def _predict(a):
 
 
 def _serve(a):
-    from .serve import serve_foreground
+    from .serve_run import serve_foreground
 
     console.set_verbose(a.verbose)
     serve_foreground(a.model_dir, host=a.host, port=a.port, replicas=a.replicas,

