@@ -126,11 +126,25 @@ def _openvino_int8(model_dir: Path, meta, threads: int | None) -> Predictor:
     if not xml.is_file() or not info_path.is_file():
         raise ModelDirError(f"{xml}: missing; make the int8 model first with "
                             f"`resnet-ray quantize {model_dir} --data DATA_DIR`")
-    info = json.loads(info_path.read_text())
-    if info.get("model_sha256") != _keras_digest(model_dir):
+    again = f"run `resnet-ray quantize {model_dir} --data DATA_DIR` again"
+    try:
+        info = json.loads(info_path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelDirError(f"{info_path}: not valid JSON ({exc}); {again}") from None
+    if not isinstance(info, dict) or info.get("model_sha256") != _keras_digest(model_dir):
         raise ModelDirError(f"{xml}: made from another model.keras than the one in "
-                            f"{model_dir}; run `resnet-ray quantize` again")
-    return _openvino(ov.Core().read_model(xml), None, "openvino-int8", threads)
+                            f"{model_dir}; {again}")
+    try:
+        ov_model = ov.Core().read_model(xml)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelDirError(f"{xml}: OpenVINO cannot read it ({first}); {again}") from None
+    shape = ov_model.inputs[0].get_partial_shape()
+    if len(shape) != 1 + len(meta["input_shape"]) or \
+            [d.get_length() if d.is_static else None for d in shape][1:] != meta["input_shape"]:
+        raise ModelDirError(f"{xml}: input shape {shape} does not match metadata.json's "
+                            f"input_shape {meta['input_shape']}; {again}")
+    return _openvino(ov_model, None, "openvino-int8", threads)
 
 
 def calibration_images(data: str | os.PathLike, count: int = CALIBRATION_IMAGES) -> np.ndarray:
@@ -162,6 +176,8 @@ def quantize(model_dir: str | os.PathLike, data: str | os.PathLike,
     from .images import to_model_input
     from .modeldir import load_model_dir
 
+    if count < 1:
+        raise UserError(f"--images {count}: expected a positive number of calibration images")
     model_dir = Path(model_dir)
     model, meta = load_model_dir(model_dir)
     images = calibration_images(data, count)

@@ -60,9 +60,32 @@ def test_int8_copy_of_another_model_is_refused(quantized, tiny_model_dir, tmp_pa
         load_predictor(missing, "openvino-int8")
 
 
+@pytest.mark.parametrize("damage", ["json", "xml", "shape"])
+def test_damaged_int8_copy_gets_one_clear_error(quantized, tmp_path, damage):
+    from resnet_ray.errors import ModelDirError
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(quantized[0], model_dir)
+    if damage == "json":
+        (model_dir / "openvino-int8.json").write_text('{"model_sha256": ')
+        expect = r"openvino-int8.json: not valid JSON"
+    elif damage == "xml":
+        (model_dir / "openvino-int8.xml").write_text("<net")
+        expect = r"openvino-int8.xml: OpenVINO cannot read it"
+    else:
+        meta = json.loads((model_dir / "metadata.json").read_text())
+        meta["input_shape"] = [meta["input_shape"][0] + 1, *meta["input_shape"][1:]]
+        (model_dir / "metadata.json").write_text(json.dumps(meta))
+        expect = r"openvino-int8.xml: input shape .* does not match metadata.json"
+    with pytest.raises(ModelDirError, match=expect + r".*resnet-ray quantize"):
+        load_predictor(model_dir, "openvino-int8")
+
+
 def test_quantize_never_calibrates_on_test_photos(cli, tiny_model_dir, synth_dir):
     proc = cli("quantize", tiny_model_dir, "--data", synth_dir / "test_signs.h5")
     assert proc.returncode == 2 and "test_signs.h5: a held-out test file" in proc.stderr
+    proc = cli("quantize", tiny_model_dir, "--data", synth_dir, "--images", "0")
+    assert proc.returncode == 2 and "--images 0: expected a positive number" in proc.stderr
     assert not (tiny_model_dir / "openvino-int8.xml").exists()
 
 
