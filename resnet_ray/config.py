@@ -41,9 +41,18 @@ COMMUNICATION = "data-parallel communication"
 
 @dataclass
 class TrainConfig:
-    data: str = option("", help="directory with train_signs.h5, test_signs.h5, or the "
-                               "embedded photos: builtin:sign-digits (digits 0-5) or "
-                               "builtin:sign-digits-10", in_yaml=False)
+    data: str = option("", help="a folder (or s3://, gs://... URI) with one sub-folder of "
+                               "photos per class, streamed by Ray Data; a directory with "
+                               "train_signs.h5 and test_signs.h5; or the embedded photos: "
+                               "builtin:sign-digits (digits 0-5) or builtin:sign-digits-10",
+                       in_yaml=False)
+    # The digits of a folder's class sub-folders; filled in from the data otherwise.
+    data_classes: str = option("", help="with a folder of photos: the class sub-folders to "
+                                       "train on, such as 0,1,2,3,4,5 (default: every "
+                                       "sub-folder named by a digit)", in_yaml=False)
+    strict: bool = option(False, help="with a folder of photos: read every file before "
+                                      "training and stop on any that is not a readable "
+                                      "image (default: skip it with a warning)", in_yaml=False)
     model: str = option("resnet50", choices=MODEL_NAMES)
     epochs: int = option(20)
     batch_size: int = option(32, help="global batch")  # split evenly across workers
@@ -253,16 +262,17 @@ def add_arguments(parser) -> None:
         if meta["group"]:
             target = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
         flag, kind = "--" + name.replace("_", "-"), typing.get_type_hints(TrainConfig)[name]
+        flag = "--classes" if name == "data_classes" else flag
         if kind is bool:
-            target.add_argument(flag, action="store_true", help=meta["help"])
+            target.add_argument(flag, action="store_true", dest=name, help=meta["help"])
             continue
-        kwargs = {"default": getattr(defaults, name), "help": meta["help"]}
+        kwargs = {"default": getattr(defaults, name), "help": meta["help"], "dest": name}
         if kind in (int, float):
             kwargs["type"] = kind
         if meta["choices"]:
             kwargs["choices"] = list(meta["choices"])
         if name == "data":
-            kwargs = {"required": True, "help": meta["help"]}
+            kwargs = {"required": True, "help": meta["help"], "dest": name}
         target.add_argument(flag, **kwargs)
 
 

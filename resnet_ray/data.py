@@ -129,7 +129,8 @@ def load_data_dir(data_dir: str | os.PathLike) -> tuple[Signs, Signs]:
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: no such directory; expected a directory holding "
                         f"{TRAIN_FILE} and {TEST_FILE} (make one with `resnet-ray data synth` "
-                        "or `resnet-ray data import`)")
+                        "or `resnet-ray data import`) or a folder with one sub-folder of "
+                        "photos per class")
     train, test = load_signs(data_dir / TRAIN_FILE), load_signs(data_dir / TEST_FILE)
     if train.input_shape != test.input_shape:
         raise DataError(f"{test.source}: images are {test.input_shape}, but {train.source} has "

@@ -14,6 +14,7 @@ from .checkpoints import CONFIG_FILE, STATE_FILE, WEIGHTS_FILE
 from .config import TrainConfig
 from .data import Signs
 from .evaluate import metrics_from_probs
+from .folders import FolderSplit, dataset, predict_split
 from .modeldir import read_metadata, save_model_dir
 from .optim import build_compiled
 from .predict import predict_probs
@@ -65,9 +66,15 @@ def export_checkpoint(checkpoint, out_dir: str, extra: dict[str, Any] | None = N
             **(extra or {})}
     if data is not None:
         train, val, test = data
-        scores = metrics_from_probs(predict_probs(model, test.x), test.y, test.classes)
-        meta["test"] = {"source": test.source, "images": len(test),
+        if isinstance(test, FolderSplit):  # streamed from the folder, a batch at a time
+            probs, y = predict_split(model, dataset(test).iter_batches(
+                batch_size=64, batch_format="numpy"))
+            meta["data"] = test.data.record()
+        else:
+            probs, y = predict_probs(model, test.x), test.y
+            meta["data"] = data_record(train, val, test)
+        scores = metrics_from_probs(probs, y, test.classes)
+        meta["test"] = {"source": test.source, "images": len(y),
                         "accuracy": scores["accuracy"], "loss": scores["loss"]}
-        meta["data"] = data_record(train, val, test)
     save_model_dir(model, out_dir, meta)
     return read_metadata(out_dir)

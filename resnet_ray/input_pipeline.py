@@ -25,18 +25,60 @@ def make_dataset_fn(train: Signs, cfg: TrainConfig, first_epoch: int):
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).repeat()
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
         ds = ds.batch(per_replica, drop_remainder=True)
-        ds = ds.map(lambda xb, yb: (tf.cast(xb, tf.float32) / 255.0, tf.one_hot(yb, classes)),
-                    num_parallel_calls=tf.data.AUTOTUNE)
-        if cfg.augment > 0:
-            stream = seed * 1009 + input_context.input_pipeline_id
-            ds = ds.enumerate().map(
-                lambda i, batch: (augment_batch(batch[0], cfg.augment,
-                                                tf.stack([tf.cast(stream, tf.int64), i])),
-                                  batch[1]),
-                num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        return _model_input(ds, cfg, classes, seed * 1009 + input_context.input_pipeline_id)
 
     return dataset_fn
+
+
+def make_stream_fn(shard, cfg: TrainConfig, steps: int, first_epoch: int):
+    """Per-worker input from the worker's Ray Data shard of a photo folder: decoded batches
+    (already this worker's share), shuffled within a buffer, augmented as above.
+
+    One Ray Data pass per epoch, each of `steps` batches (the listed files' count; where
+    skipped files made a shard shorter, the pass's first batches come again), and no pass
+    after the last epoch. The next pass starts while this epoch validates."""
+    from .keras_backend import tf
+
+    shape = tuple(cfg.input_shape)
+
+    def dataset_fn(input_context):
+        per_replica = input_context.get_per_replica_batch_size(cfg.update_batch_size)
+
+        def batches():
+            for _ in range(first_epoch, cfg.epochs):
+                first = []
+                for b in shard.iter_batches(batch_size=per_replica, batch_format="numpy",
+                                            drop_last=True, prefetch_batches=2,
+                                            local_shuffle_buffer_size=8 * per_replica):
+                    if len(first) < steps:
+                        first.append((b["image"], b["label"].astype(np.int32)))
+                        yield first[-1]
+                for i in range(steps - len(first)):
+                    yield first[i % len(first)]
+
+        ds = tf.data.Dataset.from_generator(batches, output_signature=(
+            tf.TensorSpec((per_replica, *shape), tf.uint8),
+            tf.TensorSpec((per_replica,), tf.int32)))
+        stream = (cfg.seed + first_epoch) * 1009 + input_context.input_pipeline_id
+        return _model_input(ds, cfg, len(cfg.classes), stream)
+
+    return dataset_fn
+
+
+def _model_input(ds, cfg: TrainConfig, classes: int, stream: int):
+    """uint8 batches -> [0, 1] floats and one-hot labels, augmented with seeds that depend
+    on the stream (the epoch and the worker) and the step."""
+    from .keras_backend import tf
+
+    ds = ds.map(lambda xb, yb: (tf.cast(xb, tf.float32) / 255.0, tf.one_hot(yb, classes)),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    if cfg.augment > 0:
+        ds = ds.enumerate().map(
+            lambda i, batch: (augment_batch(batch[0], cfg.augment,
+                                            tf.stack([tf.cast(stream, tf.int64), i])),
+                              batch[1]),
+            num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def augment_batch(images, strength: float, seed):

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import config, console, embedded, testhooks
+from . import config, console, embedded, folders, testhooks
 from .checkpoints import (CONFIG_FILE, LocalCheckpoints, check_checkpoints, check_same_run,
                           checkpoint_score, complete_checkpoints)
 from .config import TrainConfig, is_remote
@@ -28,7 +28,14 @@ RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 def prepare_config(cfg: TrainConfig) -> tuple[TrainConfig, Signs, Signs, Signs]:
     """Load and check the data and the config on the driver, before any worker starts.
-    Returns (config, train, validation, test); workers get only train and validation."""
+    Returns (config, train, validation, test); workers get only train and validation.
+    A folder of photos is only listed: its splits stream to the workers (folders.py)."""
+    if folders.is_folder(cfg.data):
+        return _prepare_folder(cfg)
+    if cfg.data_classes or cfg.strict:
+        flag = "--classes" if cfg.data_classes else "--strict"
+        raise ConfigError(f"{flag}: applies to a folder of photos; {cfg.data} holds SIGNS "
+                          ".h5 files (`resnet-ray data import --classes` chooses their classes)")
     train, test = load_data_dir(embedded.resolve(cfg.data))
     cfg.input_shape, cfg.classes = train.input_shape, list(train.classes)
     cfg.validate()
@@ -40,6 +47,23 @@ def prepare_config(cfg: TrainConfig) -> tuple[TrainConfig, Signs, Signs, Signs]:
         accumulate = f" x accumulate {cfg.accumulate}" if cfg.accumulate > 1 else ""
         raise ConfigError(f"batch_size: {cfg.batch_size}{accumulate} is larger than the "
                           f"{len(train)} training images in {train.source}")
+    return cfg, train, val, test
+
+
+def _prepare_folder(cfg: TrainConfig):
+    from .data import parse_classes
+
+    if cfg.num_workers == 0:
+        raise ConfigError(f"num_workers: a folder of photos ({cfg.data}) streams to Ray Train "
+                          "workers through Ray Data; expected 1 or more, got 0")
+    classes = parse_classes(cfg.data_classes) if cfg.data_classes else None
+    data = folders.list_folder(cfg.data, classes, cfg.val_fraction, tuple(cfg.input_shape[:2]))
+    cfg.classes = list(data.classes)
+    cfg.validate()
+    train, val, test = (data.split(s) for s in folders.SPLITS)
+    if len(train) < cfg.update_batch_size:
+        raise ConfigError(f"batch_size: {cfg.update_batch_size} is larger than the {len(train)} "
+                          f"training images in {train.source}")
     return cfg, train, val, test
 
 
@@ -82,6 +106,15 @@ def build_trainer(cfg: TrainConfig, data, callbacks=(), board=None):
 
     local = cfg.num_workers == 0
     callbacks = list(callbacks)
+    datasets, data_config = None, None
+    if isinstance(data[0], folders.FolderSplit):
+        from ray.train import DataConfig
+
+        # Every worker validates on all of the validation split, as with .h5 data.
+        datasets = {"train": folders.dataset(data[0], shuffle_seed=cfg.seed),
+                    "validation": folders.dataset(data[1])}
+        data_config = DataConfig(datasets_to_split=["train"])
+        data = {"stream": {"train": len(data[0]), "validation": len(data[1])}}
     if not is_remote(cfg.storage):
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         cfg.save(Path(cfg.run_dir) / CONFIG_FILE)
@@ -89,8 +122,9 @@ def build_trainer(cfg: TrainConfig, data, callbacks=(), board=None):
             callbacks.append(_report_log_callback(str(Path(cfg.run_dir) / REPORTS_FILE)))
     return DataParallelTrainer(
         train_loop_per_worker, backend_config=TensorflowConfig(),
-        train_loop_config={"config": cfg.to_dict(), "data": data if local else ray.put(data),
-                           "board": board},
+        train_loop_config={"config": cfg.to_dict(), "data": data if local or datasets
+                           else ray.put(data), "board": board},
+        datasets=datasets, dataset_config=data_config,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=RunConfig(
@@ -140,6 +174,11 @@ def _fit(cfg: TrainConfig, train, val, quiet: bool):
                        f"training and {len(val)} validation images; run {cfg.run_dir}")
     progress = None if local or console.verbose() else TrainProgress(
         cfg.epochs, len(train) // cfg.update_batch_size)
+    if isinstance(train, folders.FolderSplit):
+        folders.quiet_ray_data()
+        train.data.skipped = folders.skipped_counter()
+        if cfg.strict:
+            folders.check_every_file(train.data)
     try:
         with progress or contextlib.nullcontext():
             return build_trainer(cfg, (train, val), board=progress and progress.board).fit()
@@ -174,11 +213,22 @@ def run_training(cfg: TrainConfig, quiet: bool = False):
         best = _best_checkpoint(cfg, result)
         if best is None:
             raise ConfigError(f"{cfg.run_dir}: the run left no checkpoint to export")
+        if isinstance(test, folders.FolderSplit):
+            init_ray()
+            folders.quiet_ray_data()
+            if test.data.skipped is None:
+                test.data.skipped = folders.skipped_counter()
         meta = export_checkpoint(best, cfg.export, extra={"run_dir": cfg.run_dir},
                                  data=(train, val, test))
         if not quiet:
             print(f"exported best checkpoint ({best.path}) to {cfg.export}", flush=True)
             print(format_test_score(meta), flush=True)
+    if isinstance(train, folders.FolderSplit) and train.data.skipped is not None and not quiet:
+        import ray
+
+        line = folders.skipped_line(ray.get(train.data.skipped.get.remote()))
+        if line:
+            print(line, file=sys.stderr, flush=True)
     return result
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,11 @@ import numpy as np
 from . import testhooks
 from .checkpoints import LocalCheckpoints, RayCheckpoints, restore_checkpoint, save_checkpoint
 from .config import TrainConfig, is_remote
-from .data import Signs
-from .input_pipeline import make_dataset_fn
+from .folders import ValidationStream
+from .input_pipeline import make_dataset_fn, make_stream_fn
 from .keras_backend import check_keras_flavour, keras, tf
 from .optim import build_compiled, communication_line, lr_at, make_strategy
+from .predict import predict_probs
 from .progress import epoch_line, step_sender
 from .runtime import MALLOC_KEEP_VAR, limit_threads
 
@@ -43,11 +45,12 @@ class EpochReporter(keras.callbacks.Callback):
     collective ops the other workers would have to join), print rank 0's line, write
     TensorBoard scalars, and report the metrics and checkpoint to the store."""
 
-    def __init__(self, cfg: TrainConfig, state: dict[str, Any], val: Signs, local_model,
+    def __init__(self, cfg: TrainConfig, state: dict[str, Any], validate, local_model,
                  optimizer, store, run_info: dict[str, Any], steps: int, writer=None,
                  board=None):
         super().__init__()
-        self.cfg, self.state, self.val, self.local_model = cfg, state, val, local_model
+        self.cfg, self.state, self.validate = cfg, state, validate
+        self.local_model = local_model
         self.optimizer, self.store, self.run_info = optimizer, store, run_info
         self.steps, self.writer, self.rank = steps, writer, run_info["rank"]
         self.board = board if self.rank == 0 else None
@@ -57,13 +60,11 @@ class EpochReporter(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         from .evaluate import metrics_from_probs
-        from .predict import predict_probs
 
         cfg, seconds = self.cfg, time.perf_counter() - self.start
         weights = self.model.get_weights()  # synchronised values, identical on every worker
         self.local_model.set_weights(weights)
-        scores = metrics_from_probs(predict_probs(self.local_model, self.val.x), self.val.y,
-                                    self.val.classes)
+        scores = metrics_from_probs(*self.validate(self.local_model), cfg.classes)
         metrics = {
             "epoch": epoch + 1, "loss": float(logs["loss"]),
             "accuracy": float(logs["accuracy"]), "val_loss": scores["loss"],
@@ -101,15 +102,33 @@ def _log_layout(cfg: TrainConfig, strategy_name: str, world: int, tf_threads: in
           flush=True)
 
 
+def _inputs(data, cfg: TrainConfig):
+    """(training images, dataset_fn(first epoch), validate(model) -> (probabilities,
+    labels)) for arrays from a SIGNS file, or for this worker's shards of a photo folder."""
+    import ray
+    import ray.train
+
+    if isinstance(data, dict):  # a photo folder, streamed by Ray Data
+        shard, val_shard = (ray.train.get_dataset_shard(n) for n in ("train", "validation"))
+        steps = data["stream"]["train"] // cfg.update_batch_size
+        return (data["stream"]["train"], partial(make_stream_fn, shard, cfg, steps),
+                ValidationStream(val_shard))
+    train, val = ray.get(data) if isinstance(data, ray.ObjectRef) else data
+
+    def validate(model):
+        return predict_probs(model, val.x), val.y
+
+    return len(train), partial(make_dataset_fn, train, cfg), validate
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray
     import ray.train
 
     check_keras_flavour()
     cfg = TrainConfig.from_dict(loop_config["config"])
-    data = loop_config["data"]
     board = loop_config.get("board")  # the driver's progress view, when it shows one
-    train, val = ray.get(data) if isinstance(data, ray.ObjectRef) else data
+    train_images, make_fn, validate = _inputs(loop_config["data"], cfg)
     local = cfg.num_workers == 0
     if not local:
         limit_threads(cfg.cpus_per_worker)
@@ -122,7 +141,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     tf_threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
     if rank == 0 and not local:
         _log_layout(cfg, strategy_name, world, tf_threads)
-    steps = len(train) // cfg.update_batch_size
+    steps = train_images // cfg.update_batch_size
     with strategy.scope():
         model, optimizer = build_compiled(cfg, steps)
     if rank == 0 and world > 1:
@@ -144,14 +163,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if state["epoch"] >= cfg.epochs:
         return
 
-    dataset = strategy.distribute_datasets_from_function(
-        make_dataset_fn(train, cfg, state["epoch"]))
     tb_dir = tensorboard_dir(cfg) if rank == 0 else None
     run_info = {"rank": rank, "world_size": world, "strategy": strategy_name,
                 "node_id": ray.get_runtime_context().get_node_id()
                 if ray.is_initialized() else "local", "tf_threads": tf_threads}
-    reporter = EpochReporter(cfg, state, val, local_model, optimizer, store, run_info, steps,
-                             tf.summary.create_file_writer(tb_dir) if tb_dir else None, board)
+    reporter = EpochReporter(cfg, state, validate, local_model, optimizer, store, run_info,
+                             steps, tf.summary.create_file_writer(tb_dir) if tb_dir else None, board)
     senders = [step_sender(board)] if board is not None and rank == 0 else []
-    model.fit(dataset, epochs=cfg.epochs, initial_epoch=state["epoch"], steps_per_epoch=steps,
+    model.fit(strategy.distribute_datasets_from_function(make_fn(state["epoch"])),
+              epochs=cfg.epochs, initial_epoch=state["epoch"], steps_per_epoch=steps,
               callbacks=[*testhooks.fault_callbacks(rank, steps), *senders, reporter], verbose=0)
+
