@@ -36,6 +36,13 @@ def _data_synth(a):
 
     if a.train < 1 or a.test < 1:
         raise UserError(f"--train/--test: expected at least 1 image each, got {a.train}/{a.test}")
+    if a.folder:
+        from .synth import write_synth_folder
+
+        n = write_synth_folder(a.out, a.train + a.test, a.seed)
+        print(f"wrote {n} JPEG images to {a.out}/0 ... {a.out}/5 (64x64; train with --data "
+              f"{a.out}, which splits them by path)")
+        return
     train, test = synth_data(a.train, a.test, a.seed)
     write_signs_dir(a.out, train, test)
     print(f"wrote {a.out}/train_signs.h5 ({len(train)} images) and {a.out}/test_signs.h5 "
@@ -106,6 +113,9 @@ def _add_data_commands(sub) -> None:
     syn.add_argument("--train", type=int, default=1080)
     syn.add_argument("--test", type=int, default=120)
     syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--folder", action="store_true",
+                     help="write --train + --test JPEG files, one sub-folder per class, for "
+                          "--data FOLDER (which splits them by path) instead of .h5 files")
     syn.set_defaults(func=_data_synth)
 
 

@@ -24,6 +24,7 @@ from .images import IMAGE_SUFFIXES, ImageError, decode_image
 TEST_FRACTION = 0.1  # as `resnet-ray data import` keeps for its test file
 SPLITS = ("train", "validation", "test")
 DECODE_BATCH = 32
+FILES_PER_TASK = 400
 VALIDATION_KEPT = 4096  # images (48 MiB at 64x64) a worker keeps between epochs
 
 
@@ -183,20 +184,22 @@ def label_of(path: str, root: str, classes: list[int]) -> int:
 
 def decode_batch(batch: dict[str, np.ndarray], root: str, classes: list[int],
                  size: tuple[int, int], skipped=None) -> dict[str, np.ndarray]:
-    """Ray Data batch of file bytes -> {"image": uint8 (n, h, w, 3), "label": int64 (n,)}:
+    """Ray Data batch of file bytes -> {"image": uint8 (n, h, w, 3), "label": int64 (n,),
+    "path"}:
     the same decoding as `data import`, predict and Serve; unreadable files are left out."""
-    images, keep, bad = [], [], []
-    for i, (data, path) in enumerate(zip(batch["bytes"], batch["path"])):
+    images, labels, paths, bad = [], [], [], []
+    for data, path in zip(batch["bytes"], batch["path"]):
         try:
             images.append(decode_image(bytes(data), size, source=str(path)))
-            keep.append(label_of(str(path), root, classes))
+            labels.append(label_of(str(path), root, classes))
+            paths.append(str(path))
         except ImageError as exc:
             bad.append(str(exc))
     if bad and skipped is not None:
         skipped.add.remote(bad)
     h, w = size
     return {"image": np.stack(images) if images else np.zeros((0, h, w, 3), np.uint8),
-            "label": np.asarray(keep, dtype=np.int64)}
+            "label": np.asarray(labels, dtype=np.int64), "path": np.asarray(paths, dtype=str)}
 
 
 def dataset(part: FolderSplit, shuffle_seed: int | None = None):
@@ -204,17 +207,20 @@ def dataset(part: FolderSplit, shuffle_seed: int | None = None):
     import ray.data
     from ray.data.datasource import FileShuffleConfig
 
+    quiet_ray_data()
     data, files = part.data, part.files()
     shuffle = None if shuffle_seed is None else FileShuffleConfig(
         seed=shuffle_seed, reseed_after_execution=True)
     # Reading and decoding ask for no CPU: the workers hold the CPUs they asked for, and a
-    # task that waited for one would stall the stream. Two decode tasks at a time per dataset.
+    # task waiting for one would stall the stream. Each task reads and decodes a few hundred
+    # files, two at a time: a new task may mean a new worker process, which costs seconds.
+    blocks = max(2, -(-len(files) // FILES_PER_TASK))
     ds = ray.data.read_binary_files([p for p, _ in files], filesystem=data.filesystem,
-                                    include_paths=True, shuffle=shuffle, num_cpus=0)
-    return ds.map_batches(decode_batch, batch_size=DECODE_BATCH, num_cpus=0,
-                          compute=ray.data.TaskPoolStrategy(size=2), fn_kwargs={
-                              "root": data.root, "classes": data.classes, "size": data.size,
-                              "skipped": data.skipped})
+                                    include_paths=True, shuffle=shuffle, num_cpus=0,
+                                    override_num_blocks=blocks, concurrency=2)
+    return ds.map_batches(decode_batch, batch_size=DECODE_BATCH, num_cpus=0, fn_kwargs={
+        "root": data.root, "classes": data.classes, "size": data.size,
+        "skipped": data.skipped})
 
 
 def check_every_file(data: FolderData) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import testhooks
 from .config import TrainConfig
 from .data import Signs
 
@@ -45,12 +46,14 @@ def make_stream_fn(shard, cfg: TrainConfig, steps: int, first_epoch: int):
         per_replica = input_context.get_per_replica_batch_size(cfg.update_batch_size)
 
         def batches():
-            for _ in range(first_epoch, cfg.epochs):
+            for epoch in range(first_epoch, cfg.epochs):
                 first = []
                 for b in shard.iter_batches(batch_size=per_replica, batch_format="numpy",
                                             drop_last=True, prefetch_batches=2,
                                             local_shuffle_buffer_size=8 * per_replica):
                     if len(first) < steps:
+                        testhooks.record_files(epoch + 1, input_context.input_pipeline_id,
+                                               b["path"])
                         first.append((b["image"], b["label"].astype(np.int32)))
                         yield first[-1]
                 for i in range(steps - len(first)):

@@ -87,3 +87,19 @@ def synth_data(n_train: int = 1080, n_test: int = 120, seed: int = 0,
                size: int = 64) -> tuple[Signs, Signs]:
     """Train and test parts drawn from independent streams, so that they share no picture."""
     return synth_signs(n_train, seed * 2, size), synth_signs(n_test, seed * 2 + 1, size)
+
+
+def write_synth_folder(out_dir, n: int, seed: int = 0, size: int = 64) -> int:
+    """`n` pictures as JPEG files in one sub-folder per digit (the layout `--data FOLDER`
+    reads), drawn and written one at a time: memory stays flat for any `n`."""
+    from pathlib import Path
+
+    out = Path(out_dir)
+    for digit in CLASSES:
+        (out / str(digit)).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        digit = CLASSES[i % len(CLASSES)]
+        Image.fromarray(draw_hand(digit, rng, size)).save(
+            out / str(digit) / f"synth-{seed}-{i:07d}.jpg", quality=90)
+    return n

@@ -16,9 +16,22 @@ FAULT_ENV = "RESNET_RAY_FAIL_AT_EPOCH"
 KILL_ENV = "RESNET_RAY_KILL_AT_STEP"
 
 
+# A directory: every worker appends "EPOCH RANK PATH" for each photo-folder file it trained on
+# to files-RANK.txt there, so a test can check that no file went to two workers in an epoch.
+RECORD_ENV = "RESNET_RAY_RECORD_FILES"
+
+
 def forwarded_env() -> dict[str, str]:
     """The hooks' variables set in this process, for the Train workers' environment."""
-    return {var: os.environ[var] for var in (FAULT_ENV, KILL_ENV) if os.environ.get(var)}
+    return {var: os.environ[var] for var in (FAULT_ENV, KILL_ENV, RECORD_ENV)
+            if os.environ.get(var)}
+
+
+def record_files(epoch: int, rank: int, paths) -> None:
+    folder = os.environ.get(RECORD_ENV)
+    if folder:
+        with open(Path(folder) / f"files-{rank}.txt", "a") as f:
+            f.writelines(f"{epoch} {rank} {p}\n" for p in paths)
 
 
 def _due(var: str, at: int, rank: int) -> Path | None:
@@ -34,7 +47,7 @@ def _due(var: str, at: int, rank: int) -> Path | None:
 
 def fault_callbacks(rank: int, steps_per_epoch: int) -> list:
     """Keras callbacks that inject the faults asked for, or none."""
-    if not forwarded_env():
+    if not any(os.environ.get(v) for v in (FAULT_ENV, KILL_ENV)):
         return []
     from .keras_backend import keras
 

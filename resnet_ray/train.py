@@ -175,7 +175,6 @@ def _fit(cfg: TrainConfig, train, val, quiet: bool):
     progress = None if local or console.verbose() else TrainProgress(
         cfg.epochs, len(train) // cfg.update_batch_size)
     if isinstance(train, folders.FolderSplit):
-        folders.quiet_ray_data()
         train.data.skipped = folders.skipped_counter()
         if cfg.strict:
             folders.check_every_file(train.data)
@@ -215,7 +214,6 @@ def run_training(cfg: TrainConfig, quiet: bool = False):
             raise ConfigError(f"{cfg.run_dir}: the run left no checkpoint to export")
         if isinstance(test, folders.FolderSplit):
             init_ray()
-            folders.quiet_ray_data()
             if test.data.skipped is None:
                 test.data.skipped = folders.skipped_counter()
         meta = export_checkpoint(best, cfg.export, extra={"run_dir": cfg.run_dir},

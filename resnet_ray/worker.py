@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import time
 from functools import partial
 from pathlib import Path
@@ -72,6 +73,8 @@ class EpochReporter(keras.callbacks.Callback):
             "images_per_s": self.steps * cfg.update_batch_size / seconds,
             "lr": lr_at(cfg, self.steps, (epoch + 1) * self.steps - 1),
             **self.run_info, "weights_digest": weights_digest(weights),
+            # This worker's peak resident memory so far: what streaming data must bound.
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
         self.state["epoch"] = epoch + 1
         self.state["history"].append({k: metrics[k] for k in HISTORY_KEYS})

@@ -86,9 +86,19 @@ def test_bench_all_quick_writes_every_part(private_ray, tmp_path):
     assert set(tta["reached"]) == {"0.95", "0.98", "0.99"} and tta["config"]["model"] == "tiny"
     assert next(tmp_path.glob("time-to-accuracy-*-quick.png")).stat().st_size > 0
 
+    # The same photos from .h5 and from their folder; memory on a small and a bigger folder.
+    ingest = json.loads(next(tmp_path.glob("ingest-*-quick.json")).read_text())
+    assert [r["kind"] for r in ingest["speed"]["runs"]] == ["h5", "folder"]
+    assert ingest["speed"]["ratio"] == pytest.approx(
+        ingest["speed"]["folder_images_per_s"] / ingest["speed"]["h5_images_per_s"], abs=1e-3)
+    memory = ingest["memory"]
+    assert memory["small"]["files"] < memory["big"]["files"]
+    assert set(memory["small"]["peak_rss_mb"]) == {"0", "1"}
+    assert all(mb > 100 for mb in memory["big"]["peak_rss_mb"].values())
+
     combined = json.loads(next(tmp_path.glob("2*-quick.json")).read_text())
     assert list(combined["parts"]) == ["train", "scaling", "compute", "serve", "tune",
-                                       "accuracy"]
+                                       "accuracy", "ingest"]
     assert combined["parts"]["tune"] == {**tune, "bench_s": combined["parts"]["tune"]["bench_s"]}
     assert "## serve" in next(tmp_path.glob("2*-quick.md")).read_text()
 

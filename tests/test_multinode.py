@@ -55,10 +55,10 @@ def nodes(state_dir):
     return json.loads(script(state_dir, "nodes").stdout)
 
 
-def submit(address, env, args, wait=True):
+def submit(address, env, args, wait=True, runtime_env="cluster/runtime_env.yaml"):
     job_id = f"resnet-ray-{uuid.uuid4().hex[:8]}"
     cmd = [RAY, "job", "submit", "--address", address, "--submission-id", job_id,
-           "--runtime-env", "cluster/runtime_env.yaml"]
+           "--runtime-env", str(runtime_env)]
     if not wait:
         cmd.append("--no-wait")
     proc = subprocess.run([*cmd, "--", "python", "-m", "resnet_ray.train", *map(str, args)],
@@ -116,6 +116,38 @@ def test_job_trains_two_workers_on_two_nodes_and_exports(cluster, synth_dir, tmp
     assert meta["config"]["num_workers"] == 2
     assert meta["metrics"]["val_accuracy"] == pytest.approx(
         max(r["val_accuracy"] for r in run_reports))
+
+
+def test_workers_on_two_nodes_read_disjoint_shards_of_a_folder(cluster, tmp_path):
+    from test_folders import write_folder
+
+    from resnet_ray.testhooks import RECORD_ENV
+
+    state_dir, address, env = cluster
+    photos = write_folder(tmp_path / "photos", classes=(0, 1, 2), per_class=40)
+    record = tmp_path / "files"
+    record.mkdir()
+    runtime_env = yaml.safe_load((ROOT / "cluster" / "runtime_env.yaml").read_text())
+    runtime_env["env_vars"][RECORD_ENV] = str(record)
+    (tmp_path / "runtime_env.yaml").write_text(yaml.safe_dump(runtime_env))
+    job_id, proc = submit(address, env, [
+        "--data", photos, "--model", "tiny", "--epochs", 2, "--num-workers", 2,
+        "--batch-size", 8, "--storage", tmp_path / "runs", "--name", "folder"],
+        runtime_env=tmp_path / "runtime_env.yaml")
+    assert job_status(address, env, job_id) == "SUCCEEDED", (proc.stdout[-3000:],
+                                                             proc.stderr[-3000:])
+    node_of = {r["rank"]: r["node_id"] for r in reports(tmp_path / "runs" / "folder")}
+    assert set(node_of) == {0, 1} and node_of[0] != node_of[1], node_of
+    read = {}
+    for rank in (0, 1):
+        for line in (record / f"files-{rank}.txt").read_text().splitlines():
+            epoch, _, path = line.split(" ", 2)
+            read.setdefault((int(epoch), rank), []).append(path)
+    for epoch in (1, 2):
+        first, second = read[(epoch, 0)], read[(epoch, 1)]
+        assert len(first) == len(second) > 0  # equal shards: the all-reduce never waits
+        assert len(set(first)) == len(first) and not set(first) & set(second), epoch
+        assert all(p.startswith(str(photos)) for p in first + second)
 
 
 def test_lost_node_is_survived_from_the_last_checkpoint(cluster, synth_dir, tmp_path):
