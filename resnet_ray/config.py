@@ -273,6 +273,8 @@ def add_arguments(parser) -> None:
             kwargs["choices"] = list(meta["choices"])
         if name == "data":
             kwargs = {"required": True, "help": meta["help"], "dest": name}
+        if name == "data_classes":
+            kwargs["metavar"] = "DIGITS"
         target.add_argument(flag, **kwargs)
 
 

@@ -9,6 +9,8 @@ from . import testhooks
 from .config import TrainConfig
 from .data import Signs
 
+REPEATED_BATCHES = 8  # a shard short of `steps` batches (skipped files) repeats its first ones
+
 
 def make_dataset_fn(train: Signs, cfg: TrainConfig, first_epoch: int):
     """Per-worker input: one shuffled order shared by all workers, each taking its own shard,
@@ -36,7 +38,7 @@ def make_stream_fn(shard, cfg: TrainConfig, steps: int, first_epoch: int):
     (already this worker's share), shuffled within a buffer, augmented as above.
 
     One Ray Data pass per epoch, each of `steps` batches (the listed files' count; where
-    skipped files made a shard shorter, the pass's first batches come again), and no pass
+    skipped files made a shard shorter, the pass's first few batches come again), and no pass
     after the last epoch. The next pass starts while this epoch validates."""
     from .keras_backend import tf
 
@@ -47,16 +49,19 @@ def make_stream_fn(shard, cfg: TrainConfig, steps: int, first_epoch: int):
 
         def batches():
             for epoch in range(first_epoch, cfg.epochs):
-                first = []
+                taken, first = 0, []  # a few batches to repeat: memory stays flat
                 for b in shard.iter_batches(batch_size=per_replica, batch_format="numpy",
                                             drop_last=True, prefetch_batches=2,
                                             local_shuffle_buffer_size=8 * per_replica):
-                    if len(first) < steps:
+                    if taken < steps:
                         testhooks.record_files(epoch + 1, input_context.input_pipeline_id,
                                                b["path"])
-                        first.append((b["image"], b["label"].astype(np.int32)))
-                        yield first[-1]
-                for i in range(steps - len(first)):
+                        batch = (b["image"], b["label"].astype(np.int32))
+                        if len(first) < REPEATED_BATCHES:
+                            first.append(batch)
+                        taken += 1
+                        yield batch
+                for i in range(steps - taken):
                     yield first[i % len(first)]
 
         ds = tf.data.Dataset.from_generator(batches, output_signature=(

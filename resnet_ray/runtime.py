@@ -77,7 +77,11 @@ def init_ray(address: str | None = None) -> bool:
         else:
             # Loopback only: Ray's APIs run arbitrary code for anyone who reaches them.
             context = ray.init(address="local", runtime_env={"env_vars": worker_env_vars()},
-                               _node_ip_address="127.0.0.1", **quiet)
+                               _node_ip_address="127.0.0.1",
+                               # Idle task workers survive between epochs for the next Ray
+                               # Data pass (by default, past one per CPU, they are killed
+                               # after a second and restarted at a cost of seconds each).
+                               _system_config={"num_workers_soft_limit": 16}, **quiet)
     if not console.verbose():
         _raylet_messages_to_log()
         print(console.logs_line(context.address_info.get("session_dir")), flush=True)

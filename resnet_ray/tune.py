@@ -88,7 +88,8 @@ def tune_trial(params: dict[str, Any], data=None, base: dict[str, Any] | None = 
 
 def run_search(spec: TuneSpec, data_dir: str, storage: str = DEFAULT_STORAGE,
                name: str = "tune", export: str | None = None, max_concurrent: int | None = None,
-               num_samples: int | None = None, resume: bool = False) -> dict[str, Any]:
+               num_samples: int | None = None, resume: bool = False,
+               classes: str = "") -> dict[str, Any]:
     import ray
     from ray import tune
 
@@ -98,7 +99,8 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str = DEFAULT_STORAGE,
     if is_remote(storage):
         raise ConfigError(f"--storage: searches keep their results table, plots and the "
                           f"trials' checkpoints on a local or shared path, got {storage!r}")
-    base = TrainConfig.from_dict({**spec.train, "data": data_dir, "storage": "", "name": name})
+    base = TrainConfig.from_dict({**spec.train, "data": data_dir, "data_classes": classes,
+                                  "storage": "", "name": name})
     base, train, val, test = prepare_config(base)
     experiment = Path(storage).absolute() / name
     base.storage = str(experiment / "trials")
@@ -274,7 +276,10 @@ def plot_results(table, curves, spec: TuneSpec, experiment: Path) -> list[Path]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True,
                         help="search-space YAML (tune_configs/*.yaml)")
-    parser.add_argument("--data", required=True)
+    parser.add_argument("--data", required=True, help="as for train: SIGNS files, builtin:..., "
+                        "or a folder or URI of photos in class sub-folders")
+    parser.add_argument("--classes", default="", metavar="DIGITS",
+                        help="with a folder of photos: the class sub-folders to search on")
     parser.add_argument("--storage", default=DEFAULT_STORAGE)
     parser.add_argument("--name", default="tune")
     parser.add_argument("--export", help="write the best trial's best checkpoint here")
@@ -289,7 +294,7 @@ def command(a: argparse.Namespace) -> None:
     console.set_verbose(a.verbose)
     summary = run_search(load_spec(a.config), a.data, storage=a.storage, name=a.name,
                          export=a.export, max_concurrent=a.max_concurrent,
-                         num_samples=a.num_samples, resume=a.resume)
+                         num_samples=a.num_samples, resume=a.resume, classes=a.classes)
     best = summary.get("best")
     if best is None:
         raise RunFailed(f"no trial of the search reported a result; see {summary['csv']}")

@@ -41,6 +41,16 @@ def weights_digest(weights: list[np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
+def private_memory_mb() -> float | None:
+    """Memory only this process holds (Linux's Private_Clean + Private_Dirty), or None."""
+    try:
+        text = Path("/proc/self/smaps_rollup").read_text()
+    except OSError:
+        return None
+    return sum(int(line.split()[1]) for line in text.splitlines()
+               if line.startswith(("Private_Clean:", "Private_Dirty:"))) / 1024
+
+
 class EpochReporter(keras.callbacks.Callback):
     """At each epoch end: validate the synchronised weights on a plain local copy (no
     collective ops the other workers would have to join), print rank 0's line, write
@@ -73,8 +83,10 @@ class EpochReporter(keras.callbacks.Callback):
             "images_per_s": self.steps * cfg.update_batch_size / seconds,
             "lr": lr_at(cfg, self.steps, (epoch + 1) * self.steps - 1),
             **self.run_info, "weights_digest": weights_digest(weights),
-            # This worker's peak resident memory so far: what streaming data must bound.
+            # This worker's memory: what streaming data must bound. RSS also counts the
+            # object store's shared pages it read; private memory is its own alone.
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "private_mb": private_memory_mb(),
         }
         self.state["epoch"] = epoch + 1
         self.state["history"].append({k: metrics[k] for k in HISTORY_KEYS})

@@ -95,6 +95,8 @@ def test_bench_all_quick_writes_every_part(private_ray, tmp_path):
     assert memory["small"]["files"] < memory["big"]["files"]
     assert set(memory["small"]["peak_rss_mb"]) == {"0", "1"}
     assert all(mb > 100 for mb in memory["big"]["peak_rss_mb"].values())
+    assert all(0 < memory["big"]["private_mb"][r] < memory["big"]["peak_rss_mb"][r]
+               for r in ("0", "1"))
 
     combined = json.loads(next(tmp_path.glob("2*-quick.json")).read_text())
     assert list(combined["parts"]) == ["train", "scaling", "compute", "serve", "tune",
