@@ -16,6 +16,11 @@ DIGITS = SHARED / "datasets" / "sign-language-digits"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.pop("RAY_ADDRESS", None)  # the suite starts its own cluster, never a user's
+# Credentials for the tests' S3 server (moto accepts any), set before the shared cluster
+# starts so that its workers hold them as a real cluster's nodes would; yours are kept.
+for _key, _value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                     ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true")):
+    os.environ.setdefault(_key, _value)
 
 
 SERVE_PORT = 8311

@@ -16,7 +16,6 @@ from PIL import Image
 
 from conftest import assert_user_error
 
-from resnet_ray.errors import DataError
 from resnet_ray.folders import is_folder, list_folder
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
