@@ -1,4 +1,4 @@
-"""python -m bench all|train|scaling|compute|serve|tune|accuracy|ingest [--quick] [--out-dir bench/results]
+"""python -m bench all|train|scaling|compute|serve|tune|accuracy|ingest|cv [--quick] [--out-dir bench/results]
 [--run RUN_DIR] [--data DIR]: the project's benchmarks, one part or all.
 
 Each part writes <out-dir>/<part>-<date>[-quick].json and a markdown table beside it, and
@@ -14,14 +14,14 @@ import time
 from datetime import date
 from pathlib import Path
 
-from . import (compute, ingest, scaling, serve_load, time_to_accuracy, train_overhead,
+from . import (compute, cv, ingest, scaling, serve_load, time_to_accuracy, train_overhead,
                tune_asha)
 
 PARTS = {"train": ("train-overhead", train_overhead.main), "scaling": ("scaling", scaling.main),
          "compute": ("compute", compute.main),
          "serve": ("serve", serve_load.main), "tune": ("tune", tune_asha.main),
          "accuracy": ("time-to-accuracy", time_to_accuracy.main),
-         "ingest": ("ingest", ingest.main)}
+         "ingest": ("ingest", ingest.main), "cv": ("cv", cv.main)}
 
 
 def main(argv=None) -> None:
@@ -32,7 +32,7 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny model, seconds")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--run", help="accuracy: a finished `resnet-ray train` run directory")
-    parser.add_argument("--data", help="tune and accuracy: a data directory (default: "
+    parser.add_argument("--data", help="tune, accuracy and cv: a data directory (default: "
                                        "synthetic for tune; accuracy then trains on it)")
     args = parser.parse_args(argv)
     parts = list(PARTS) if args.part == "all" else [args.part]
@@ -40,6 +40,10 @@ def main(argv=None) -> None:
         print("== accuracy: left out; give --run RUN_DIR of a finished full training run "
               "(or --data DIR to train one, about an hour on 2 cores)", flush=True)
         parts.remove("accuracy")
+    if args.part == "all" and not args.quick:
+        print("== cv: left out; run `python -m bench cv --data DIR` on its own (5 folds of the "
+              "default command)", flush=True)
+        parts.remove("cv")
     suffix = f"{date.today()}{'-quick' if args.quick else ''}"
     written = {}
     for name in parts:
@@ -50,7 +54,7 @@ def main(argv=None) -> None:
         if name == "accuracy":
             extra = ["--run", args.run] if args.run else (["--data", args.data] if args.data
                                                            else [])
-        elif name == "tune" and args.data:
+        elif name in ("tune", "cv") and args.data:
             extra = ["--data", args.data]
         begin = time.perf_counter()
         part_main(["--out", str(out), *(["--quick"] if args.quick else []), *extra])

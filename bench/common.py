@@ -47,3 +47,14 @@ def inference_images_per_s(model, x, rounds: int) -> float:
     for _ in range(rounds):
         infer(x).numpy()
     return rounds * len(x) / (time.perf_counter() - begin)
+
+
+def machine() -> str:
+    """The CPU model, its cores and vector flags: what every published number names."""
+    from .compute import cpu_peak
+
+    flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n")[0] \
+        if Path("/proc/cpuinfo").exists() else ""
+    vector = sorted({f for f in flags.split() if f.startswith(("avx512", "amx")) or f == "avx2"})
+    info = cpu_peak()
+    return f"{info['cpu']}, {info['cores']} cores, {' '.join(vector) or 'no AVX2'}"

@@ -33,7 +33,8 @@ def _train(data: str, storage: str, name: str, model: str, epochs: int, classes:
     from resnet_ray.train import REPORTS_FILE, run_training
 
     cfg = TrainConfig(data=data, model=model, epochs=epochs, storage=storage, name=name,
-                      batch_size=batch_size, data_classes=classes if is_folder(data) else "")
+                      batch_size=batch_size, num_workers=2, cpus_per_worker=1,
+                      data_classes=classes if is_folder(data) else "")
     begin = time.perf_counter()
     run_training(cfg, quiet=True)
     wall = time.perf_counter() - begin

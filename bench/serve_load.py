@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import result_path, write_report
+from .common import machine, result_path, write_report
 
 DIRECT_PORT = 30000  # Serve's first direct-ingress port (RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT)
 PROXY_PORT = 8011
@@ -264,16 +264,6 @@ def _payloads(tmp: Path, shape) -> tuple[Path, Path]:
     return tmp / "image.png", tmp / "batch.json"
 
 
-def _machine() -> str:
-    from .compute import cpu_peak
-
-    flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n")[0] \
-        if Path("/proc/cpuinfo").exists() else ""
-    vector = sorted({f for f in flags.split() if f.startswith(("avx512", "amx")) or f == "avx2"})
-    info = cpu_peak()
-    return f"{info['cpu']}, {info['cores']} cores, {' '.join(vector) or 'no AVX2'}"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -320,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report = {"part": "serve", "date": str(date.today()), "quick": args.quick,
-              "machine": _machine(), "model": args.model_dir or "untrained resnet50",
+              "machine": machine(), "model": args.model_dir or "untrained resnet50",
               "seconds_per_point": seconds, "settings": settings, "in_process": local,
               "agreement": agree, "summary": summarize(settings, local)}
     write_report(report, out, markdown(report))

@@ -69,15 +69,17 @@ def child_keras(cfg_dict: dict) -> dict:
     from resnet_ray.config import TrainConfig
     from resnet_ray.data import load_data_dir
     from resnet_ray.keras_backend import keras, tf
-    from resnet_ray.optim import build_compiled
     from resnet_ray.input_pipeline import make_dataset_fn
+    from resnet_ray.layout import resolve_precision
+    from resnet_ray.optim import build_compiled
 
     cfg = TrainConfig.from_dict(cfg_dict)
     train, _ = load_data_dir(cfg.data)
     keras.utils.set_random_seed(cfg.seed)
     steps = len(train) // cfg.batch_size
     strategy = tf.distribute.get_strategy()
-    model, _ = build_compiled(cfg, steps)
+    # The precision a Ray worker on this machine would choose.
+    model, _ = build_compiled(cfg, steps, resolve_precision(cfg.precision, cfg.use_gpu))
     dataset = strategy.distribute_datasets_from_function(make_dataset_fn(train, cfg, 0))
     times: list[float] = []
     model.fit(dataset, epochs=cfg.epochs, steps_per_epoch=steps,

@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--workdir", default="runs/demo")
     de.add_argument("--model", default="resnet50", choices=["resnet50", "tiny"])
     de.add_argument("--epochs", type=int, default=7)
-    de.add_argument("--num-workers", type=int, default=2)
+    de.add_argument("--num-workers", type=int, help="training workers (default: chosen from "
+                    "the cluster, as `resnet-ray train` does)")
     de.add_argument("--no-tune", action="store_true", help="skip the Ray Tune search step")
     de.add_argument("--no-serve", action="store_true", help="skip the Ray Serve step")
     console.add_verbose_flag(de)

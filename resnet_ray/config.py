@@ -17,7 +17,8 @@ from .errors import ConfigError
 DEFAULT_STORAGE = str(Path("runs").absolute())
 LR_SCHEDULES = ("constant", "cosine")
 LR_SCALINGS = ("linear", "sqrt", "none")
-ALLREDUCE_DTYPES = ("float32", "float16", "bfloat16")
+ALLREDUCE_DTYPES = ("auto", "float32", "float16", "bfloat16")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 # resnet_ray.model.MODELS' names, here so that checking a config does not import TensorFlow.
 MODEL_NAMES = ("resnet50", "tiny")
 
@@ -57,9 +58,16 @@ class TrainConfig:
     epochs: int = option(20)
     batch_size: int = option(32, help="global batch")  # split evenly across workers
     lr: float = option(1e-3)
-    num_workers: int = option(2)
-    cpus_per_worker: int = option(1)
-    use_gpu: bool = option(False)
+    # None: chosen from the cluster when the run starts (resnet_ray/layout.py).
+    num_workers: int | None = option(None, help="Ray Train workers; 0 trains in this "
+                                     "process (default: one per node, or per GPU)")
+    cpus_per_worker: int | None = option(None, help="default: all of a node's CPUs when "
+                                         "--num-workers is left out too, else 1")
+    use_gpu: bool = option(False, help="one GPU per worker, NCCL all-reduce")
+    precision: str = option("auto", choices=PRECISIONS,
+                            help="compute precision (Keras mixed-precision policy); auto: "
+                                 "mixed_bfloat16 on CPUs with bfloat16 instructions "
+                                 "(AVX512_BF16, AMX), mixed_float16 on GPUs, else float32")
     storage: str = option(DEFAULT_STORAGE, help="local path or URI (s3://...)", in_yaml=False)
     name: str = option("resnet-ray", in_yaml=False)
     export: str | None = option(None, help="write the best checkpoint as a model directory "
@@ -91,8 +99,10 @@ class TrainConfig:
         0.0, group=COMMUNICATION, help="all-reduce gradients in packs of this many MiB "
                                        "(0: one pack); every pack is sent after the backward "
                                        "pass, not during it")
-    allreduce_dtype: str = option("float32", group=COMMUNICATION, choices=ALLREDUCE_DTYPES,
-                                  help="dtype the gradients travel in; weights stay float32")
+    allreduce_dtype: str = option("auto", group=COMMUNICATION, choices=ALLREDUCE_DTYPES,
+                                  help="dtype the gradients travel in; weights stay float32 "
+                                       "(auto: float16 between the CPU nodes of a layout "
+                                       "chosen from the cluster, else float32)")
     # lr is the rate for batch_size; lr_scaling says how it grows with the update's batch.
     accumulate: int = option(1, group=COMMUNICATION,
                              help="micro-batches of --batch-size per all-reduce and update "
@@ -117,7 +127,7 @@ class TrainConfig:
     @property
     def per_worker_batch_size(self) -> int:
         """Images a worker computes at once (one micro-batch)."""
-        return self.batch_size // max(1, self.num_workers)
+        return self.batch_size // max(1, self.num_workers or 1)
 
     @property
     def update_batch_size(self) -> int:
@@ -136,8 +146,11 @@ class TrainConfig:
             ("epochs", self.epochs >= 1, "at least 1"),
             ("batch_size", self.batch_size >= 1, "at least 1"),
             ("lr", 0 < self.lr < 10, "a learning rate between 0 and 10"),
-            ("num_workers", self.num_workers >= 0, "0 (this process, no Ray workers) or more"),
-            ("cpus_per_worker", self.cpus_per_worker >= 1, "at least 1"),
+            ("num_workers", self.num_workers is None or self.num_workers >= 0,
+             "0 (this process, no Ray workers) or more"),
+            ("cpus_per_worker", self.cpus_per_worker is None or self.cpus_per_worker >= 1,
+             "at least 1"),
+            ("precision", self.precision in PRECISIONS, f"one of {list(PRECISIONS)}"),
             ("max_failures", self.max_failures >= -1, "-1 (retry forever) or more"),
             ("keep_checkpoints", self.keep_checkpoints >= 1, "at least 1"),
             ("bn_momentum", 0 < self.bn_momentum < 1, "between 0 and 1"),
@@ -241,6 +254,8 @@ def _expected_type(key: str, value: Any) -> str | None:
         return None if isinstance(value, str) else "a string"
     if kind is bool:
         return None if isinstance(value, bool) else "true or false"
+    if kind == (int | None):
+        return None if value is None or _is_int(value) else "an integer or null (auto)"
     if kind == (str | None):
         return None if value is None or isinstance(value, str) else "a path or null"
     ok = isinstance(value, (list, tuple)) and all(_is_int(v) for v in value)
@@ -267,8 +282,8 @@ def add_arguments(parser) -> None:
             target.add_argument(flag, action="store_true", dest=name, help=meta["help"])
             continue
         kwargs = {"default": getattr(defaults, name), "help": meta["help"], "dest": name}
-        if kind in (int, float):
-            kwargs["type"] = kind
+        if kind in (int, float, int | None):
+            kwargs["type"] = int if kind == (int | None) else kind
         if meta["choices"]:
             kwargs["choices"] = list(meta["choices"])
         if name == "data":

@@ -37,7 +37,7 @@ def search_spec(model: str, epochs: int) -> TuneSpec:
 
 
 def run_demo(workdir: str = "runs/demo", model: str = "resnet50", epochs: int = 7,
-             num_workers: int = 2, tune: bool = True, serve: bool = True) -> dict:
+             num_workers: int | None = None, tune: bool = True, serve: bool = True) -> dict:
     work = Path(workdir).absolute()
     data_dir, model_dir = work / "data", work / "model"
     steps = 4 + tune + serve
@@ -55,8 +55,8 @@ def run_demo(workdir: str = "runs/demo", model: str = "resnet50", epochs: int = 
         params = _search(work, data_dir, model, min(2, epochs), next(step), steps)
     summary["params"], summary["tuned"] = params, tune
 
-    console.header(f"{next(step)}/{steps} train {model} with Ray Train: {num_workers} "
-                   f"workers, {epochs} epochs, lr {params['lr']:.3g}, batch {params['batch_size']}")
+    console.header(f"{next(step)}/{steps} train {model} with Ray Train: {epochs} epochs, "
+                   f"lr {params['lr']:.3g}, batch {params['batch_size']}")
     from .train import run_training
 
     run_training(TrainConfig(data=str(data_dir), model=model, epochs=epochs,

@@ -126,8 +126,10 @@ def ResNet(stages: Sequence[StageSpec], input_shape=(64, 64, 3), classes: int = 
     pool = (min(2, x.shape[1]), min(2, x.shape[2]))
     x = layers.AveragePooling2D(pool, name="avg_pool")(x)
     x = layers.Flatten(name="flatten")(x)
+    # float32 whatever the compute precision: a softmax in 16 bits rounds small
+    # probabilities to 0 and the loss's log of them to infinity.
     outputs = layers.Dense(classes, activation="softmax", name="fc" + str(classes),
-                           kernel_initializer=_glorot(0))(x)
+                           kernel_initializer=_glorot(0), dtype="float32")(x)
     return keras.Model(inputs, outputs, name=name)
 
 

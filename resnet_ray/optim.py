@@ -16,13 +16,21 @@ ALLREDUCE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 ONE_WORKER_STRATEGY = "default (one worker, no all-reduce)"
 
 
-def build_compiled(cfg: TrainConfig, steps_per_epoch: int | None = None):
+def build_compiled(cfg: TrainConfig, steps_per_epoch: int | None = None,
+                   precision: str = "float32"):
     """Model and optimizer. steps_per_epoch sets a learning-rate schedule's length; without
-    it (export, evaluation) the rate is constant, which only matters for training."""
+    it (export, evaluation) the rate is constant, which only matters for training.
+    precision: a Keras mixed-precision policy for the layers' compute; the weights stay
+    float32 whatever it is, so checkpoints and exports are the same files."""
     from .keras_backend import keras
     from .model import build_model
 
-    model = build_model(cfg.model, cfg.input_shape, len(cfg.classes), cfg.bn_momentum)
+    # Keras reads the global policy when a layer is built, not when it runs.
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        model = build_model(cfg.model, cfg.input_shape, len(cfg.classes), cfg.bn_momentum)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     if cfg.accumulate > 1 and steps_per_epoch is not None:
         model = accumulating_model(model, cfg.accumulate)
     optimizer = optimizer_class(cfg)(learning_rate=learning_rate(cfg, steps_per_epoch),
@@ -32,13 +40,16 @@ def build_compiled(cfg: TrainConfig, steps_per_epoch: int | None = None):
         # shrinking them towards 0 only fights the data.
         optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+    # Under mixed_float16, compile wraps the optimizer in Keras' dynamic loss scaling;
+    # `optimizer` stays the inner one, whose variables are what checkpoints hold.
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     return model, optimizer
 
 
-def summed_gradients(model, x, y, micro_batches: int, loss_fn):
+def summed_gradients(model, x, y, micro_batches: int, loss_fn, scaler=None):
     """The sum over micro_batches equal slices of (x, y) of loss_fn(y, model(x))'s gradients,
-    one slice after the other, and the training-mode predictions of each."""
+    one slice after the other, and the training-mode predictions of each. scaler: a loss
+    scale optimizer (float16), whose scale keeps small gradients from flushing to zero."""
     from .keras_backend import tf
 
     total, preds = None, []
@@ -50,7 +61,11 @@ def summed_gradients(model, x, y, micro_batches: int, loss_fn):
         with tf.GradientTape() as tape:
             pred = model(xs, training=True)
             loss = loss_fn(ys, pred)
+            if scaler is not None:
+                loss = scaler.get_scaled_loss(loss)
         grads = tape.gradient(loss, model.trainable_variables)
+        if scaler is not None:
+            grads = scaler.get_unscaled_gradients(grads)
         total = grads if total is None else [a + g for a, g in zip(total, grads)]
         preds.append(pred)
     return total, preds
@@ -65,8 +80,10 @@ def accumulating_model(model, micro_batches: int):
     class Accumulating(keras.Model):
         def train_step(self, data):
             x, y = data
+            scaler = self.optimizer if hasattr(self.optimizer, "get_scaled_loss") else None
             total, preds = summed_gradients(
-                self, x, y, micro_batches, lambda ys, pred: self.compute_loss(None, ys, pred))
+                self, x, y, micro_batches, lambda ys, pred: self.compute_loss(None, ys, pred),
+                scaler)
             self.optimizer.apply_gradients(
                 zip([g / micro_batches for g in total], self.trainable_variables))
             # As Keras' own step: the metrics see the training-mode predictions.
@@ -80,7 +97,7 @@ def optimizer_class(cfg: TrainConfig):
     half the bytes on the wire; the summed gradients come back as float32 for the update."""
     from .keras_backend import keras, tf
 
-    if cfg.allreduce_dtype == "float32" or cfg.num_workers <= 1:
+    if cfg.allreduce_dtype in ("float32", "auto") or (cfg.num_workers or 0) <= 1:
         # One worker all-reduces with nobody: rounding its gradients would only change them.
         return keras.optimizers.Adam
     dtype = tf.as_dtype(cfg.allreduce_dtype)
@@ -130,10 +147,19 @@ def make_strategy(world: int, local: bool, cfg: TrainConfig):
 
     if local or world == 1:
         return tf.distribute.get_strategy(), ONE_WORKER_STRATEGY
-    options = tf.distribute.experimental.CommunicationOptions(
-        bytes_per_pack=int(cfg.allreduce_pack_mb * 2 ** 20))
-    return (tf.distribute.MultiWorkerMirroredStrategy(communication_options=options),
-            "MultiWorkerMirroredStrategy")
+    return (tf.distribute.MultiWorkerMirroredStrategy(
+        communication_options=communication_options(cfg)), "MultiWorkerMirroredStrategy")
+
+
+def communication_options(cfg: TrainConfig):
+    """The all-reduce's options: packs of --allreduce-pack-mb, and NCCL between GPUs, which
+    sums gradients on the GPUs instead of copying them to host memory (gRPC/ring)."""
+    from .keras_backend import tf
+
+    impl = tf.distribute.experimental.CommunicationImplementation
+    return tf.distribute.experimental.CommunicationOptions(
+        bytes_per_pack=int(cfg.allreduce_pack_mb * 2 ** 20),
+        implementation=impl.NCCL if cfg.use_gpu else impl.AUTO)
 
 
 def communication_line(cfg: TrainConfig, model, world: int) -> str:

@@ -81,7 +81,11 @@ def init_ray(address: str | None = None) -> bool:
                                # Idle task workers survive between epochs for the next Ray
                                # Data pass (by default, past one per CPU, they are killed
                                # after a second and restarted at a cost of seconds each).
-                               _system_config={"num_workers_soft_limit": 16}, **quiet)
+                               # Workers at Ray's default niceness 15 lose a core to every
+                               # wake-up of Ray's own processes, and TensorFlow's threads
+                               # then wait for the preempted one (docs/scaling.md).
+                               _system_config={"num_workers_soft_limit": 16,
+                                               "worker_niceness": 0}, **quiet)
     if not console.verbose():
         _raylet_messages_to_log()
         print(console.logs_line(context.address_info.get("session_dir")), flush=True)

@@ -19,6 +19,7 @@ from .checkpoints import (CONFIG_FILE, LocalCheckpoints, check_checkpoints, chec
 from .config import TrainConfig, is_remote
 from .data import Signs, load_data_dir, split_validation
 from .errors import ConfigError, RunFailed, command_main
+from .layout import choose_layout, cluster_nodes
 from .runtime import init_ray, worker_env_vars
 
 REPORTS_FILE = "reports.jsonl"
@@ -168,10 +169,11 @@ def _fit(cfg: TrainConfig, train, val, quiet: bool):
     local = cfg.num_workers == 0
     if not local:
         init_ray()
+    cfg, layout_line = choose_layout(cfg, [] if local else cluster_nodes())
     if not quiet:
-        console.result(f"training {cfg.model} on {max(cfg.num_workers, 1)} worker(s) x "
-                       f"{cfg.cpus_per_worker} CPU for {cfg.epochs} epochs: {len(train)} "
-                       f"training and {len(val)} validation images; run {cfg.run_dir}")
+        console.result(f"training {cfg.model} for {cfg.epochs} epochs: {len(train)} training "
+                       f"and {len(val)} validation images; run {cfg.run_dir}")
+        console.result(layout_line)
     progress = None if local or console.verbose() else TrainProgress(
         cfg.epochs, len(train) // cfg.update_batch_size)
     if isinstance(train, folders.FolderSplit):

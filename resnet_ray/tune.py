@@ -102,6 +102,10 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str = DEFAULT_STORAGE,
     base = TrainConfig.from_dict({**spec.train, "data": data_dir, "data_classes": classes,
                                   "storage": "", "name": name})
     base, train, val, test = prepare_config(base)
+    # Trials run side by side, so each defaults to one worker with one CPU.
+    base.num_workers = 1 if base.num_workers is None else base.num_workers
+    base.cpus_per_worker = base.cpus_per_worker or 1
+    base.allreduce_dtype = "float32" if base.allreduce_dtype == "auto" else base.allreduce_dtype
     experiment = Path(storage).absolute() / name
     base.storage = str(experiment / "trials")
     init_ray()

@@ -60,7 +60,7 @@ def load_spec(path: str | os.PathLike) -> TuneSpec:
             raise ConfigError(f"{path}: unknown key 'train.{key}'; expected one of "
                               f"{sorted(allowed)}")
     base = TrainConfig.from_dict({**train, "data": "-"}, source=f"{path}: train")
-    if base.num_workers < 1:
+    if base.num_workers is not None and base.num_workers < 1:
         raise ConfigError(f"{path}: train.num_workers must be at least 1 for a search")
 
     space = raw.get("search_space")

@@ -9,6 +9,7 @@ attaches a checkpoint. A restarted worker group continues from the latest checkp
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import resource
 import time
@@ -18,12 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from . import testhooks
+from . import console, testhooks
 from .checkpoints import LocalCheckpoints, RayCheckpoints, restore_checkpoint, save_checkpoint
 from .config import TrainConfig, is_remote
 from .folders import ValidationStream
 from .input_pipeline import make_dataset_fn, make_stream_fn
 from .keras_backend import check_keras_flavour, keras, tf
+from .layout import resolve_precision
 from .optim import build_compiled, communication_line, lr_at, make_strategy
 from .predict import predict_probs
 from .progress import epoch_line, step_sender
@@ -110,11 +112,16 @@ def tensorboard_dir(cfg: TrainConfig) -> str | None:
     return None if is_remote(cfg.storage) else str(Path(cfg.run_dir) / "tensorboard")
 
 
-def _log_layout(cfg: TrainConfig, strategy_name: str, world: int, tf_threads: int) -> None:
+def _log_layout(cfg: TrainConfig, strategy_name: str, world: int, tf_threads: int,
+                precision: str, board) -> None:
     kept = ", freed memory kept" if MALLOC_KEEP_VAR in os.environ else ""
     print(f"strategy: {strategy_name}, {world} worker(s) x {cfg.cpus_per_worker} CPU "
-          f"({tf_threads} TensorFlow thread(s) each{kept}), global batch {cfg.batch_size}",
-          flush=True)
+          f"({tf_threads} TensorFlow thread(s) each{kept}), global batch {cfg.batch_size}, "
+          f"precision {precision}", flush=True)
+    if cfg.precision == "auto" and board is not None:
+        why = "a GPU" if cfg.use_gpu else ("bfloat16 instructions" if precision != "float32"
+                                           else "no bfloat16 instructions")
+        board.put.remote({"note": f"precision: {precision} (auto: the workers have {why})"})
 
 
 def _inputs(data, cfg: TrainConfig):
@@ -147,6 +154,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     local = cfg.num_workers == 0
     if not local:
         limit_threads(cfg.cpus_per_worker)
+    elif not console.verbose():
+        # Ray Train's local mode logs every report at INFO on this console.
+        logging.getLogger("ray.train").setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     store = LocalCheckpoints(cfg.run_dir, cfg.keep_checkpoints) if local else RayCheckpoints()
@@ -154,13 +164,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     strategy, strategy_name = make_strategy(world, local, cfg)
     tf_threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
-    if rank == 0 and not local:
-        _log_layout(cfg, strategy_name, world, tf_threads)
     steps = train_images // cfg.update_batch_size
+    precision = resolve_precision(cfg.precision, cfg.use_gpu)
     with strategy.scope():
-        model, optimizer = build_compiled(cfg, steps)
+        model, optimizer = build_compiled(cfg, steps, precision)
     if rank == 0 and world > 1:
         print(communication_line(cfg, model, world), flush=True)
+    # Validation in float32 scores the weights as they are exported and served.
     local_model, _ = build_compiled(cfg)
 
     state: dict[str, Any] = {"epoch": 0, "history": []}
@@ -177,11 +187,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 board.put.remote({"note": note})
     if state["epoch"] >= cfg.epochs:
         return
+    if rank == 0 and not local:
+        _log_layout(cfg, strategy_name, world, tf_threads, precision, board)
 
     tb_dir = tensorboard_dir(cfg) if rank == 0 else None
     run_info = {"rank": rank, "world_size": world, "strategy": strategy_name,
                 "node_id": ray.get_runtime_context().get_node_id()
-                if ray.is_initialized() else "local", "tf_threads": tf_threads}
+                if ray.is_initialized() else "local", "tf_threads": tf_threads,
+                "precision": precision}
     reporter = EpochReporter(cfg, state, validate, local_model, optimizer, store, run_info,
                              steps, tf.summary.create_file_writer(tb_dir) if tb_dir else None, board)
     senders = [step_sender(board)] if board is not None and rank == 0 else []

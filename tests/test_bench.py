@@ -84,7 +84,17 @@ def test_bench_all_quick_writes_every_part(private_ray, tmp_path):
     tta = json.loads(next(tmp_path.glob("time-to-accuracy-*-quick.json")).read_text())
     assert [c["epoch"] for c in tta["curve"]] == [1, 2, 3]
     assert set(tta["reached"]) == {"0.95", "0.98", "0.99"} and tta["config"]["model"] == "tiny"
+    # The command a user types, timed from its start, with what it chose and its test score.
+    assert tta["clock"] == "command start" and tta["layout_line"].startswith("layout: ")
+    assert tta["curve"][0]["wall_s"] > tta["curve"][0]["epoch_time_s"]
+    assert 0 < tta["test"]["images"] and tta["precision"] in ("float32", "mixed_bfloat16")
     assert next(tmp_path.glob("time-to-accuracy-*-quick.png")).stat().st_size > 0
+
+    # Every photo scored once, by the fold that held it out.
+    cv = json.loads(next(tmp_path.glob("cv-*-quick.json")).read_text())
+    row = cv["rows"][0]
+    assert sum(f["images"] for f in row["folds"]) == row["photos"] == 150
+    assert row["errors"] == sum(f["errors"] for f in row["folds"])
 
     # The same photos from .h5 and from their folder; memory on a small and a bigger folder.
     ingest = json.loads(next(tmp_path.glob("ingest-*-quick.json")).read_text())
@@ -100,7 +110,7 @@ def test_bench_all_quick_writes_every_part(private_ray, tmp_path):
 
     combined = json.loads(next(tmp_path.glob("2*-quick.json")).read_text())
     assert list(combined["parts"]) == ["train", "scaling", "compute", "serve", "tune",
-                                       "accuracy", "ingest"]
+                                       "accuracy", "ingest", "cv"]
     assert combined["parts"]["tune"] == {**tune, "bench_s": combined["parts"]["tune"]["bench_s"]}
     assert "## serve" in next(tmp_path.glob("2*-quick.md")).read_text()
 

@@ -3,9 +3,10 @@ whole harness runs in tests/test_bench.py; speeds are never asserted.)"""
 
 import json
 
+import numpy as np
 import pytest
 
-from bench import compute, serve_load, time_to_accuracy
+from bench import compute, cv, serve_load, time_to_accuracy
 
 
 def test_flops_are_counted_per_layer_as_two_per_multiply_add():
@@ -65,8 +66,9 @@ def test_time_to_accuracy_reads_the_first_report_of_each_epoch(tmp_path):
     assert out["reached"]["0.98"] == {"epoch": 3, "wall_s": 100.0}
     assert out["reached"]["0.99"] == {"epoch": 4, "wall_s": 110.0}
     assert out["config"] == {"model": "tiny", "epochs": 5}
-    assert "| >= 99% | 4 | 1.8 min |" in time_to_accuracy.markdown(
-        {**out, "quick": False})
+    assert out["clock"] == "start of epoch 1"
+    assert "| >= 99% | 4 | 110 s |" in time_to_accuracy.markdown(
+        {**out, "quick": False, "machine": "test"})
 
 
 def test_time_to_accuracy_says_what_it_needs(tmp_path):
@@ -100,3 +102,15 @@ def test_serve_ratios_compare_like_with_like():
     assert s["openvino_http_c32_vs_tf_in_process"] == pytest.approx(1.2)
     assert s["default_ingress_http_c32_vs_tf_in_process"] == pytest.approx(0.7)
     assert (s["openvino_p50_ms_c1"], s["default_ingress_p50_ms_c1"]) == (9.0, 18.0)
+
+def test_cv_folds_keep_groups_whole_and_classes_even():
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(3), 40)
+    groups = np.array([i // rng.integers(1, 4) * 3 + label for i, label in enumerate(labels)])
+    fold = cv.grouped_folds(labels, groups, 5, seed=0)
+    assert set(fold) == set(range(5))  # every photo in one fold
+    for g in np.unique(groups):
+        assert len(set(fold[groups == g])) == 1, "a near-duplicate group was split"
+    for label in range(3):
+        counts = np.bincount(fold[labels == label], minlength=5)
+        assert counts.max() - counts.min() <= 3, counts

@@ -31,7 +31,8 @@ dtype, out = sys.argv[1], sys.argv[2]
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 keras.utils.set_random_seed(0)
 with strategy.scope():
-    model, opt = build_compiled(TrainConfig(model="tiny", data="-", allreduce_dtype=dtype))
+    model, opt = build_compiled(TrainConfig(model="tiny", data="-", num_workers=2,
+                                            allreduce_dtype=dtype))
 rng = np.random.default_rng(0)
 x = rng.random((16, 64, 64, 3), np.float32)
 y = np.eye(6, dtype=np.float32)[rng.integers(0, 6, 16)]

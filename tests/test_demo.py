@@ -15,7 +15,7 @@ def test_demo_runs_the_whole_pipeline_quietly(private_ray, tmp_path):
                    timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for step in ("1/6 data: the embedded photos", "2/6 search learning rate and batch size",
-                 "3/6 train tiny with Ray Train: 2 workers", "4/6 evaluate", "5/6 predict",
+                 "3/6 train tiny with Ray Train: 1 epochs", "layout: ", "4/6 evaluate", "5/6 predict",
                  "6/6 serve", "== summary"):
         assert step in proc.stdout, step
     assert internal_lines(proc.stdout, proc.stderr) == []

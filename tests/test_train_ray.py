@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from resnet_ray.config import TrainConfig
+from resnet_ray.layout import choose_layout
 from resnet_ray.modeldir import load_model_dir
 from resnet_ray.train import REPORTS_FILE, run_training
 
@@ -99,8 +100,8 @@ def test_one_and_two_workers_learn_alike(two_worker_run, tiny_model_dir, synth_d
     plain = TrainConfig.load(plain_dir / CONFIG_FILE)
     same = {"storage", "name", "export", "input_shape", "classes"}
     assert {k: v for k, v in plain.to_dict().items() if k not in same} == \
-        {k: v for k, v in _config(synth_dir, tmp_path, num_workers=0).to_dict().items()
-         if k not in same}
+        {k: v for k, v in choose_layout(_config(synth_dir, tmp_path, num_workers=0),
+                                        [])[0].to_dict().items() if k not in same}
     last = complete_checkpoints(plain_dir)[-1]
     assert checkpoint_score(last, "epoch") == two.epochs
     losses = {0: checkpoint_score(last, "loss"), 2: result.metrics["loss"]}
@@ -129,3 +130,15 @@ def test_uneven_global_batch_is_refused(cli, synth_dir, tmp_path):
     proc = cli("train", "--data", synth_dir, "--batch-size", 33, "--num-workers", 2,
                    "--storage", tmp_path)
     assert_user_error(proc, "batch_size", "33", "2 workers")
+
+
+def test_a_gpu_run_asks_ray_for_one_gpu_per_worker(synth_dir, tmp_path):
+    """What can be checked without a GPU: the placement request (bench/gpu_check.sh runs the
+    rest on a GPU machine)."""
+    from resnet_ray.train import build_trainer, prepare_config
+
+    cfg, train, val, _ = prepare_config(_config(synth_dir, tmp_path, use_gpu=True,
+                                                cpus_per_worker=4))
+    trainer = build_trainer(cfg, (train, val))
+    assert trainer.scaling_config.num_workers == 2
+    assert trainer.scaling_config._resources_per_worker_not_none == {"CPU": 4, "GPU": 1}
