@@ -195,7 +195,7 @@ def test_two_workers_train_from_a_bucket_and_skip_a_corrupt_file(cli, tmp_path, 
     uri = upload(local, "photos", "hands")
     listing = list_folder(uri)
     proc = cli("train", "--data", uri, "--model", "tiny", "--epochs", "2", "--batch-size", "8",
-               "--storage", tmp_path / "runs", "--export", tmp_path / "model")
+               "--num-workers", "2", "--storage", tmp_path / "runs", "--export", tmp_path / "model")
     assert proc.returncode == 0, proc.stderr
     warning = [line for line in proc.stderr.splitlines() if "skipped" in line]
     assert len(warning) == 1 and warning[0].startswith("warning: skipped 2 file(s)")
