@@ -51,10 +51,10 @@ def inference_images_per_s(model, x, rounds: int) -> float:
 
 def machine() -> str:
     """The CPU model, its cores and vector flags: what every published number names."""
+    from resnet_ray.layout import cpu_flags
+
     from .compute import cpu_peak
 
-    flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n")[0] \
-        if Path("/proc/cpuinfo").exists() else ""
-    vector = sorted({f for f in flags.split() if f.startswith(("avx512", "amx")) or f == "avx2"})
+    vector = sorted({f for f in cpu_flags() if f.startswith(("avx512", "amx")) or f == "avx2"})
     info = cpu_peak()
     return f"{info['cpu']}, {info['cores']} cores, {' '.join(vector) or 'no AVX2'}"
