@@ -1,5 +1,5 @@
 """python -m bench all|train|scaling|compute|serve|tune|accuracy|ingest|cv [--quick] [--out-dir bench/results]
-[--run RUN_DIR] [--data DIR]: the project's benchmarks, one part or all.
+[--run RUN_DIR] [--data DIR] [PART'S OWN FLAGS]: the project's benchmarks, one part or all.
 
 Each part writes <out-dir>/<part>-<date>[-quick].json and a markdown table beside it, and
 `all` gathers them in <out-dir>/<date>[-quick].json and .md (with each part's minutes);
@@ -34,7 +34,11 @@ def main(argv=None) -> None:
     parser.add_argument("--run", help="accuracy: a finished `resnet-ray train` run directory")
     parser.add_argument("--data", help="tune, accuracy and cv: a data directory (default: "
                                        "synthetic for tune; accuracy then trains on it)")
-    args = parser.parse_args(argv)
+    # A single part takes its own flags too (`python -m bench cv --data DIR --folds 5`).
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.part == "all":
+        parser.error(f"unrecognized arguments: {' '.join(rest)} (a part's own flags go with "
+                     "that part: python -m bench PART ...)")
     parts = list(PARTS) if args.part == "all" else [args.part]
     if args.part == "all" and not (args.quick or args.run or args.data):
         print("== accuracy: left out; give --run RUN_DIR of a finished full training run "
@@ -57,7 +61,7 @@ def main(argv=None) -> None:
         elif name in ("tune", "cv") and args.data:
             extra = ["--data", args.data]
         begin = time.perf_counter()
-        part_main(["--out", str(out), *(["--quick"] if args.quick else []), *extra])
+        part_main(["--out", str(out), *(["--quick"] if args.quick else []), *extra, *rest])
         written[name] = (out, time.perf_counter() - begin)
     if args.part == "all":
         combine(written, args.out_dir / f"{suffix}.json")

@@ -58,3 +58,27 @@ def machine() -> str:
     vector = sorted({f for f in cpu_flags() if f.startswith(("avx512", "amx")) or f == "avx2"})
     info = cpu_peak()
     return f"{info['cpu']}, {info['cores']} cores, {' '.join(vector) or 'no AVX2'}"
+
+
+def train_command(data: str, storage: str, name: str, export: str, model: str, epochs: int,
+                  flags: list[str], what: str) -> dict:
+    """Run `resnet-ray train ... --export EXPORT` as a user types it, timed from its start:
+    the command line, its start time and seconds, its stdout lines and the exported model's
+    test score (right of images). `what` names the caller in the error if the command fails."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "resnet_ray", "train", "--data", data, "--model", model,
+           "--epochs", str(epochs), "--storage", storage, "--name", name, "--export", export,
+           *flags]
+    print("$ resnet-ray " + " ".join(cmd[3:]), flush=True)
+    start = time.time()
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seconds = time.time() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{what}: the training command failed ({proc.returncode}):\n"
+                         f"{proc.stderr[-3000:]}")
+    test = json.loads((Path(export) / "metadata.json").read_text())["test"]
+    return {"command": "resnet-ray " + " ".join(cmd[3:]), "start": start, "seconds": seconds,
+            "stdout": proc.stdout.splitlines(), "images": test["images"],
+            "right": round(test["accuracy"] * test["images"]), "accuracy": test["accuracy"]}

@@ -15,18 +15,14 @@ With no --candidate the default command is the one row.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
-import subprocess
-import sys
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 
-from .common import machine, result_path, write_report
+from .common import machine, result_path, train_command, write_report
 
 
 def grouped_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -65,17 +61,10 @@ def _run_fold(pool, fold_of: np.ndarray, k: int, flags: list[str], work: Path,
     part = work / f"fold{k}"
     write_signs_dir(part / "data", Signs(pool.x[~held], pool.y[~held], pool.classes, ""),
                     Signs(pool.x[held], pool.y[held], pool.classes, ""))
-    cmd = [sys.executable, "-m", "resnet_ray", "train", "--data", str(part / "data"),
-           "--model", model, "--epochs", str(epochs), "--storage", str(part / "runs"),
-           "--name", "cv", "--export", str(part / "model"), *flags]
-    begin = time.time()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"cv: fold {k} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    test = json.loads((part / "model" / "metadata.json").read_text())["test"]
-    errors = int(round((1 - test["accuracy"]) * test["images"]))
-    return {"fold": k, "images": test["images"], "errors": errors,
-            "minutes": (time.time() - begin) / 60}
+    done = train_command(str(part / "data"), str(part / "runs"), "cv", str(part / "model"),
+                         model, epochs, flags, f"cv: fold {k}")
+    return {"fold": k, "images": done["images"], "errors": done["images"] - done["right"],
+            "minutes": done["seconds"] / 60}
 
 
 def run(data: str | None, folds: int, candidates: dict[str, str], epochs: int, seed: int,

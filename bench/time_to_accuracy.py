@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
 
-from .common import machine, result_path, write_report
+from .common import machine, result_path, train_command, write_report
 
 THRESHOLDS = (0.95, 0.98, 0.99)
 
@@ -68,24 +65,12 @@ def analyse(run_dir: str | Path, command_start: float | None = None) -> dict:
 def train(data: str, storage: str, epochs: int, model: str, flags: list[str]) -> dict:
     """Run the training command as a user would and time it; returns the analysis."""
     name, export = "time-to-accuracy", str(Path(storage) / "model")
-    cmd = [sys.executable, "-m", "resnet_ray", "train", "--data", data, "--model", model,
-           "--epochs", str(epochs), "--storage", storage, "--name", name, "--export", export,
-           *flags]
-    print("$ resnet-ray " + " ".join(cmd[3:]), flush=True)
-    start = time.time()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    total = time.time() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"time to accuracy: the training command failed "
-                         f"({proc.returncode}):\n{proc.stderr[-3000:]}")
-    lines = proc.stdout.splitlines()
-    result = analyse(Path(storage) / name, command_start=start)
-    meta = json.loads((Path(export) / "metadata.json").read_text())
-    right = round(meta["test"]["accuracy"] * meta["test"]["images"])
-    return {**result, "command": "resnet-ray " + " ".join(cmd[3:]), "command_s": total,
-            "layout_line": next((ln for ln in lines if ln.startswith("layout: ")), None),
-            "test": {"right": right, "images": meta["test"]["images"],
-                     "accuracy": meta["test"]["accuracy"]}}
+    done = train_command(data, storage, name, export, model, epochs, flags, "time to accuracy")
+    result = analyse(Path(storage) / name, command_start=done["start"])
+    return {**result, "command": done["command"], "command_s": done["seconds"],
+            "layout_line": next((ln for ln in done["stdout"] if ln.startswith("layout: ")),
+                                None),
+            "test": {k: done[k] for k in ("right", "images", "accuracy")}}
 
 
 def run(quick: bool = False, run_dir: str | None = None, data: str | None = None,

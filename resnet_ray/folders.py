@@ -25,6 +25,7 @@ TEST_FRACTION = 0.1  # as `resnet-ray data import` keeps for its test file
 SPLITS = ("train", "validation", "test")
 DECODE_BATCH = 32
 FILES_PER_TASK = 400
+INGEST_STORE_BYTES = 256 * 2 ** 20  # Ray Data's object store budget per stream to the workers
 VALIDATION_KEPT = 4096  # images (48 MiB at 64x64) a worker keeps between epochs
 
 
@@ -41,13 +42,6 @@ class FolderData:
     size: tuple[int, int] = (64, 64)
     val_from_test: bool = False  # val_fraction 0: validate on the test split, as with .h5
     skipped: Any = field(default=None, repr=False)  # the actor that counts skipped files
-
-    def __len__(self) -> int:
-        return len(self.files["train"])
-
-    @property
-    def source(self) -> str:
-        return self.location
 
     def per_class(self, split: str) -> list[int]:
         labels = [label for _, label in self.files[split]]
@@ -221,6 +215,21 @@ def dataset(part: FolderSplit, shuffle_seed: int | None = None):
     return ds.map_batches(decode_batch, batch_size=DECODE_BATCH, num_cpus=0, fn_kwargs={
         "root": data.root, "classes": data.classes, "size": data.size,
         "skipped": data.skipped})
+
+
+def ingest_options():
+    """Ray Data's options for the streams that feed the workers: Train's defaults with the
+    object store memory in flight capped, so the store pages a worker maps stay a bounded
+    set however large the folder (docs/performance.md)."""
+    import copy
+
+    import ray.data
+
+    # Train's own default is this context's options; a copy keeps the rest of them.
+    options = copy.deepcopy(ray.data.DataContext.get_current().execution_options)
+    options.resource_limits = options.resource_limits.copy(
+        object_store_memory=INGEST_STORE_BYTES)
+    return options
 
 
 def check_every_file(data: FolderData) -> None:

@@ -114,7 +114,8 @@ def build_trainer(cfg: TrainConfig, data, callbacks=(), board=None):
         # Every worker validates on all of the validation split, as with .h5 data.
         datasets = {"train": folders.dataset(data[0], shuffle_seed=cfg.seed),
                     "validation": folders.dataset(data[1])}
-        data_config = DataConfig(datasets_to_split=["train"])
+        data_config = DataConfig(datasets_to_split=["train"],
+                                 execution_options=folders.ingest_options())
         data = {"stream": {"train": len(data[0]), "validation": len(data[1])}}
     if not is_remote(cfg.storage):
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)

@@ -114,3 +114,17 @@ def test_cv_folds_keep_groups_whole_and_classes_even():
     for label in range(3):
         counts = np.bincount(fold[labels == label], minlength=5)
         assert counts.max() - counts.min() <= 3, counts
+
+
+def test_one_part_takes_its_own_flags_and_all_refuses_them(monkeypatch, tmp_path, capsys):
+    import bench.__main__ as bench_main
+
+    seen = []
+    monkeypatch.setitem(bench_main.PARTS, "cv", ("cv", seen.append))
+    bench_main.main(["cv", "--out-dir", str(tmp_path), "--data", "D", "--folds", "5",
+                     "--candidate", "wd=--weight-decay 0.1"])
+    assert seen[0][-6:] == ["--data", "D", "--folds", "5", "--candidate",
+                            "wd=--weight-decay 0.1"]
+    with pytest.raises(SystemExit) as exc:
+        bench_main.main(["all", "--folds", "5"])
+    assert exc.value.code == 2 and "--folds 5" in capsys.readouterr().err
