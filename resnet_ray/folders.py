@@ -25,7 +25,7 @@ TEST_FRACTION = 0.1  # as `resnet-ray data import` keeps for its test file
 SPLITS = ("train", "validation", "test")
 DECODE_BATCH = 32
 FILES_PER_TASK = 400
-INGEST_STORE_BYTES = 256 * 2 ** 20  # Ray Data's object store budget per stream to the workers
+INGEST_STORE_BYTES = 64 * 2 ** 20  # Ray Data's object store budget per stream to the workers
 VALIDATION_KEPT = 4096  # images (48 MiB at 64x64) a worker keeps between epochs
 
 
