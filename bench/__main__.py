@@ -53,6 +53,8 @@ def main(argv=None) -> None:
     for name in parts:
         stem, part_main = PARTS[name]
         out = args.out_dir / f"{stem}-{suffix}.json"
+        if "--out" in rest[:-1]:  # a single part's own --out wins over the default name
+            out = Path(rest[rest.index("--out") + 1])
         print(f"== {name} -> {out}", flush=True)
         extra = []
         if name == "accuracy":

@@ -15,11 +15,8 @@ a second per point: it keeps the harness working (tests/test_bench.py) and measu
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -32,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import machine, result_path, write_report
+from .http_load import ensure_hey, hey, payloads, wait_ready
 
 DIRECT_PORT = 30000  # Serve's first direct-ingress port (RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT)
 PROXY_PORT = 8011
@@ -41,7 +39,7 @@ BACKENDS = ("tf", "openvino-f32", "openvino", "openvino-int8")
 # the chain so far (the chain goes on without it); any other row stands alone on BASE.
 BASE = {"backend": "tf", "ingress": "proxy", "env": {}, "access_log": True,
         "max_batch_size": 32, "wait_s": 0.01, "replicas": 1, "threads": None,
-        "concurrency": [1, 32], "json": False}
+        "concurrency": [1, 32], "json": False, "ray_batch": False}
 THROUGHPUT = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 SETTINGS = [
     ("tf, proxy (the old defaults)", {"concurrency": [1, 8, 32]}),
@@ -52,9 +50,11 @@ SETTINGS = [
                                                            "ingress": "direct"}),
     ("~ direct ingress (replica port)", {"ingress": "direct"}),
     ("+ HAProxy ingress", {"ingress": "haproxy", "concurrency": [1, 8, 32], "json": True}),
+    ("~ Ray's @serve.batch", {"ray_batch": True, "concurrency": [1, 8, 32]}),
     ("~ batching off", {"max_batch_size": 1, "concurrency": [1, 8, 32]}),
     ("+ OpenVINO backend", {"backend": "openvino", "concurrency": [1, 8, 32], "json": True}),
     ("~ batching off", {"max_batch_size": 1}),
+    ("~ Ray's @serve.batch", {"ray_batch": True}),
     ("~ Ray's proxy (the default ingress)", {"ingress": "proxy", "concurrency": [1, 8, 32],
                                              "json": True}),
     ("~ direct ingress (replica port)", {"ingress": "direct"}),
@@ -63,38 +63,8 @@ SETTINGS = [
     ("~ 2 replicas x 1 thread", {"replicas": 2, "threads": 1}),
 ]
 QUICK = [("tf, proxy (the old defaults)", {"concurrency": [1, 8, 32]}),
-         ("tf, proxy, batching off", {"max_batch_size": 1, "concurrency": [1, 8, 32]})]
-
-
-def ensure_hey() -> str:
-    """The load generator: Debian's `hey`, installed here when missing and apt can."""
-    if not shutil.which("hey") and shutil.which("apt-get") and os.geteuid() == 0:
-        subprocess.run("apt-get install -y -qq hey >/dev/null 2>&1 || (apt-get update -qq && "
-                       "apt-get install -y -qq hey >/dev/null)", shell=True, check=False)
-    path = shutil.which("hey")
-    if not path:
-        sys.exit("bench serve needs the `hey` load generator: apt install hey")
-    return path
-
-
-def hey(url: str, body: Path, ctype: str, concurrency: int, seconds: float) -> dict:
-    """One load point; the client's CPU share is its CPU time over the machine's."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    begin = time.perf_counter()
-    out = subprocess.run(["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST",
-                          "-T", ctype, "-D", str(body), "-t", "60", url],
-                         capture_output=True, text=True, check=True).stdout
-    wall = time.perf_counter() - begin
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    codes = {int(c): int(n) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
-    # hey prints a percentile only once it has enough requests for it (100 for p99).
-    ms = {p: float(v) * 1000 for p, v in re.findall(r"(\d+)%+ in ([\d.]+) secs", out)}
-    total = sum(codes.values())
-    return {"concurrency": concurrency, "requests": total, "errors": total - codes.get(200, 0),
-            "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50_ms": ms.get("50"), "p95_ms": ms.get("95"), "p99_ms": ms.get("99"),
-            "client_cpu_share": cpu / wall / os.cpu_count()}
+         ("tf, proxy, batching off", {"max_batch_size": 1, "concurrency": [1, 8, 32]}),
+         ("~ Ray's @serve.batch", {"ray_batch": True})]
 
 
 def run_setting(spec: dict, model_dir: str, png: Path, js: Path, seconds: float) -> dict:
@@ -118,12 +88,12 @@ def run_setting(spec: dict, model_dir: str, png: Path, js: Path, seconds: float)
                                "batch_wait_timeout_s": spec["wait_s"]}}
     if not spec["access_log"]:
         options["logging_config"] = {"enable_access_log": False}
-    serve.run(DigitService.options(**options).bind(
+    deployment = _with_ray_batch(DigitService) if spec["ray_batch"] else DigitService
+    serve.run(deployment.options(**options).bind(
         model_dir, backend=spec["backend"], threads=spec["threads"]),
         name="bench", route_prefix="/")
-    port = DIRECT_PORT if spec["ingress"] == "direct" else PROXY_PORT
-    url = f"http://127.0.0.1:{port}"
-    _wait_ready(url)
+    ports = range(DIRECT_PORT, DIRECT_PORT + 8) if spec["ingress"] == "direct" else [PROXY_PORT]
+    url = wait_ready([f"http://127.0.0.1:{port}" for port in ports])
     hey(f"{url}/predict", png, "image/png", 4, 2)  # warm-up
     rows = [{"images": 1, **hey(f"{url}/predict", png, "image/png", c, seconds)}
             for c in spec["concurrency"]]
@@ -138,16 +108,29 @@ def run_setting(spec: dict, model_dir: str, png: Path, js: Path, seconds: float)
             "mean_batch": sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values()))}
 
 
-def _wait_ready(url: str, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/healthz", timeout=5).read()
-            return
-        except OSError:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.5)
+def _with_ray_batch(deployment):
+    """The deployment with Ray Serve's `@serve.batch` in place of the replica's own batcher
+    (as the service was before it): the batcher's row in the table."""
+    import asyncio
+
+    from ray import serve
+
+    class RayBatched(deployment.func_or_class):
+        def reconfigure(self, user_config):
+            super().reconfigure(user_config)
+            self._ray_batch.set_max_batch_size(self.batcher.max_batch_size)
+            self._ray_batch.set_batch_wait_timeout_s(self.batcher.wait_s)
+
+        @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+        async def _ray_batch(self, images):
+            return await self._infer(images)
+
+        async def _predict(self, images):
+            if self._active == 1 and len(images) <= self.batcher.max_batch_size:
+                return await self._infer(images)
+            return await asyncio.gather(*(self._ray_batch(img) for img in images))
+
+    return deployment.options(func_or_class=RayBatched)
 
 
 def in_process(model_dir: str, backend: str, batches: list[int], seconds: float) -> list[dict]:
@@ -208,6 +191,10 @@ def summarize(settings: list[dict], local: list[dict]) -> dict:
             "tf_http_c32_vs_in_process": rate("+ HAProxy ingress") / tf32,
             "tf_batching_on_vs_off_c32": rate("+ HAProxy ingress") /
             rate("~ batching off", after="+ HAProxy ingress"),
+            "tf_batcher_vs_serve_batch_c32": rate("+ HAProxy ingress") /
+            rate("~ Ray's @serve.batch", after="+ HAProxy ingress"),
+            "openvino_batcher_vs_serve_batch_c32": rate("+ OpenVINO backend") /
+            rate("~ Ray's @serve.batch", after="+ OpenVINO backend"),
             "tf_json32_vs_in_process": rate("+ HAProxy ingress", images=32, c=1) / tf32,
             "openvino_http_c32_vs_tf_in_process": rate("+ OpenVINO backend") / tf32,
             "openvino_p50_ms_c1": row("+ OpenVINO backend", 1)["p50_ms"],
@@ -216,6 +203,7 @@ def summarize(settings: list[dict], local: list[dict]) -> dict:
             "default_ingress_p50_ms_c1": row("~ Ray's proxy (the default ingress)", 1)["p50_ms"]})
     else:
         out["tf_batching_on_vs_off_c32"] = rate(names[0]) / rate(names[1])
+        out["tf_batcher_vs_serve_batch_c32"] = rate(names[0]) / rate(names[2])
     return out
 
 
@@ -252,18 +240,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _payloads(tmp: Path, shape) -> tuple[Path, Path]:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, shape, np.uint8)).save(buf, format="PNG")
-    (tmp / "image.png").write_bytes(buf.getvalue())
-    (tmp / "batch.json").write_text(json.dumps(
-        {"instances": rng.integers(0, 256, (32, *shape), np.uint8).tolist()}))
-    return tmp / "image.png", tmp / "batch.json"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -291,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
             from resnet_ray.backends import quantize
             quantize(model_dir, Path(args.test_data).with_name("train_signs.h5"))
         from resnet_ray.modeldir import read_metadata
-        png, js = _payloads(tmp, tuple(read_metadata(model_dir)["input_shape"]))
+        png, js = payloads(tmp, tuple(read_metadata(model_dir)["input_shape"]))
         settings, chain = [], dict(BASE)
         for i, (name, change) in enumerate(QUICK if args.quick else SETTINGS):
             # "+ lever" rows add to the chain of levers; other rows stand alone on BASE.

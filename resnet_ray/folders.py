@@ -232,23 +232,26 @@ def ingest_options():
     return options
 
 
-def check_every_file(data: FolderData) -> None:
-    """--strict: decode every file of every split once (Ray Data, in parallel) and stop with
-    one error naming the unreadable ones, before training starts."""
+def count_skipped(data: FolderData, strict: bool = False) -> None:
+    """Skipped files are counted from here on (an actor every reader reports to). With
+    strict (--strict), every file of every split is decoded once first (Ray Data, in
+    parallel), and one error names the unreadable ones before training starts."""
+    import ray
+
     if data.skipped is None:
-        data.skipped = skipped_counter()
+        data.skipped = _skipped_counter()
+    if not strict:
+        return
     for split in SPLITS:
         for _ in dataset(data.split(split)).iter_batches(batch_size=None, batch_format="numpy"):
             pass
-    import ray
-
     bad = ray.get(data.skipped.get.remote())
     if bad:
         raise DataError(f"{data.location}: {len(bad)} file(s) are not readable images "
                         f"(--strict): " + "; ".join(bad[:5]) + ("; ..." if len(bad) > 5 else ""))
 
 
-def skipped_counter():
+def _skipped_counter():
     """An actor that collects the messages of skipped files, one entry per file."""
     import ray
 
@@ -266,7 +269,11 @@ def skipped_counter():
     return Skipped.remote()
 
 
-def skipped_line(messages: list[str], first: int = 3) -> str | None:
+def skipped_line(data: FolderData, first: int = 3) -> str | None:
+    """The one warning line about the files skipped so far, or None when there were none."""
+    import ray
+
+    messages = [] if data.skipped is None else ray.get(data.skipped.get.remote())
     if not messages:
         return None
     return (f"warning: skipped {len(messages)} file(s) that are not readable images "

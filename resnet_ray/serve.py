@@ -1,14 +1,13 @@
 """Ray Serve deployment: an exported model behind a FastAPI ingress, with batched prediction.
 
 One class: each replica loads the model directory once, decodes and checks every request
-itself (the same preprocessing as `resnet-ray predict`), and sends single images to a
-`@serve.batch` method, so that concurrent requests share one forward pass. BatchNormalization
-runs in inference mode, so a prediction never depends on the images it shared a batch with.
+itself (the same preprocessing as `resnet-ray predict`), and sends single images to a batcher
+(batching.py), so that concurrent requests share one forward pass. BatchNormalization runs in
+inference mode, so a prediction never depends on the images it shared a batch with.
 """
 
 
 import asyncio
-import json
 import os
 import time
 from collections import Counter
@@ -25,8 +24,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from . import __version__, testhooks
+from .batching import Batcher
 from .errors import UserError
 from .images import ImageError, decode_image, to_model_input
+from .instances import HTTPError, parse_instances
 from .predict import interpret
 from .runtime import worker_env_vars
 
@@ -43,18 +44,8 @@ api = FastAPI(
                 "`{\"error\": \"...\"}` with a 4xx status.")
 
 
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
-
-
-def _reject_constant(name: str):
-    raise HTTPError(400, f"JSON contains {name}; expected finite pixel values 0-255")
 
 
 @serve.deployment(
@@ -91,6 +82,10 @@ class DigitService:
                         "pid": os.getpid()}
         self._gate = _gate  # test-only (testhooks.pass_gate)
         self._active = 0  # /predict requests this replica is working on
+        self._decided = 0  # of those, the ones past reading and decoding (batched or alone)
+        self.batcher = Batcher(self._infer, DEFAULT_USER_CONFIG["max_batch_size"],
+                               DEFAULT_USER_CONFIG["batch_wait_timeout_s"],
+                               coming=lambda: self._active - self._decided)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Batch size and wait can change with `serve deploy` without restarting replicas."""
@@ -103,17 +98,12 @@ class DigitService:
         if size < 1 or not 0 <= wait <= 10:
             raise ValueError("user_config: max_batch_size must be >= 1 and "
                              "batch_wait_timeout_s between 0 and 10")
-        self.predict_batch.set_max_batch_size(size)
-        self.predict_batch.set_batch_wait_timeout_s(wait)
+        self.batcher.max_batch_size, self.batcher.wait_s = size, wait
         self.user_config = {"max_batch_size": size, "batch_wait_timeout_s": wait}
 
     def check_health(self) -> None:
         if self.model is None:
             raise RuntimeError("model not loaded")
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def predict_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        return await self._infer(images)
 
     async def _infer(self, images: list[np.ndarray]) -> list[np.ndarray]:
         self.batch_sizes[len(images)] += 1
@@ -154,7 +144,8 @@ class DigitService:
             body = await self._read_body(request)
             if ctype == "application/json":
                 # Parsing a large body off the event loop keeps other requests moving.
-                images = await asyncio.to_thread(self._instances, body)
+                images = await asyncio.to_thread(parse_instances, body, self.shape,
+                                                  self.max_instances)
                 return {"predictions": [self._answer(p) for p in await self._predict(images)]}
             if ctype == "multipart/form-data":
                 data = await self._multipart_file(request, body)
@@ -177,11 +168,16 @@ class DigitService:
             self._active -= 1
 
     async def _predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """A request alone on this replica goes to the model at once: the batch's wait would
-        only delay it. With others in flight, its images join the shared batches."""
-        if self._active == 1 and len(images) <= self.user_config["max_batch_size"]:
-            return await self._infer(images)
-        return await asyncio.gather(*(self.predict_batch(img) for img in images))
+        """A request of a full batch or more is its own batch; smaller ones share batches.
+        A request alone on the replica goes to the model at once (the batcher sees that no
+        other request is coming)."""
+        self._decided += 1
+        try:
+            if len(images) >= self.batcher.max_batch_size:
+                return await self._infer(images)
+            return await asyncio.gather(*(self.batcher(img) for img in images))
+        finally:
+            self._decided -= 1
 
     # ------------------------------------------------------------------ helpers
 
@@ -221,62 +217,6 @@ class DigitService:
             raise HTTPError(400, "multipart body has more than one file; send one image per "
                                  "request or use JSON instances for a batch")
         return await files[0].read()
-
-    def _instances(self, body: bytes) -> list[np.ndarray]:
-        try:
-            doc = json.loads(body, parse_constant=_reject_constant)
-        except HTTPError:
-            raise
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise HTTPError(400, f"body is not valid JSON ({exc})") from None
-        except RecursionError:
-            raise HTTPError(400, "body is not valid JSON (nested too deeply)") from None
-        if not isinstance(doc, dict) or "instances" not in doc:
-            raise HTTPError(400, "JSON body must be an object with key 'instances': a list of "
-                                 f"{'x'.join(map(str, self.shape))} pixel arrays")
-        instances = doc["instances"]
-        if not isinstance(instances, list) or not instances:
-            raise HTTPError(400, "'instances' must be a non-empty list")
-        if len(instances) > self.max_instances:
-            raise HTTPError(413, f"'instances' has {len(instances)} images; the limit is "
-                                 f"{self.max_instances} per request")
-        fast = None if b"true" in body or b"false" in body else self._valid_array(instances)
-        if fast is not None:
-            return list(fast)
-        images = []
-        for i, inst in enumerate(instances):
-            try:
-                arr = np.asarray(inst, dtype=np.float64)
-            except (ValueError, TypeError, OverflowError, RecursionError):
-                raise HTTPError(400, f"instances[{i}]: expected nested lists of numbers of "
-                                     f"shape {list(self.shape)}") from None
-            if arr.shape != self.shape:
-                raise HTTPError(400, f"instances[{i}]: shape {list(arr.shape)}, expected "
-                                     f"{list(self.shape)} (height, width, RGB)")
-            # numpy would also take "12" or true as a number; JSON numbers only.
-            if not all(type(v) in (int, float) for row in inst for px in row for v in px):
-                raise HTTPError(400, f"instances[{i}]: pixel values must be JSON numbers, "
-                                     "not strings, booleans or null")
-            if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 255:
-                raise HTTPError(400, f"instances[{i}]: pixel values must be finite numbers "
-                                     "from 0 to 255")
-            images.append(np.rint(arr).astype(np.uint8))
-        return images
-
-    def _valid_array(self, instances: list) -> np.ndarray | None:
-        """All instances as one uint8 array when every value is a valid pixel, else None (the
-        per-instance checks then name what is wrong). One numpy conversion instead of a Python
-        loop over every value; booleans, which numpy would take as 0 and 1, are ruled out by
-        the caller."""
-        try:
-            arr = np.array(instances)
-        except (ValueError, TypeError, OverflowError, RecursionError):
-            return None
-        if arr.dtype.kind not in "iuf" or arr.shape[1:] != self.shape:
-            return None
-        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 255:
-            return None
-        return np.rint(arr).astype(np.uint8)
 
     def _answer(self, probs: np.ndarray) -> dict[str, Any]:
         p = interpret(probs, self.classes)

@@ -178,9 +178,7 @@ def _fit(cfg: TrainConfig, train, val, quiet: bool):
     progress = None if local or console.verbose() else TrainProgress(
         cfg.epochs, len(train) // cfg.update_batch_size)
     if isinstance(train, folders.FolderSplit):
-        train.data.skipped = folders.skipped_counter()
-        if cfg.strict:
-            folders.check_every_file(train.data)
+        folders.count_skipped(train.data, cfg.strict)
     try:
         with progress or contextlib.nullcontext():
             return build_trainer(cfg, (train, val), board=progress and progress.board).fit()
@@ -217,18 +215,14 @@ def run_training(cfg: TrainConfig, quiet: bool = False):
             raise ConfigError(f"{cfg.run_dir}: the run left no checkpoint to export")
         if isinstance(test, folders.FolderSplit):
             init_ray()
-            if test.data.skipped is None:
-                test.data.skipped = folders.skipped_counter()
+            folders.count_skipped(test.data)
         meta = export_checkpoint(best, cfg.export, extra={"run_dir": cfg.run_dir},
                                  data=(train, val, test))
         if not quiet:
             print(f"exported best checkpoint ({best.path}) to {cfg.export}", flush=True)
             print(format_test_score(meta), flush=True)
-    if isinstance(train, folders.FolderSplit) and train.data.skipped is not None and not quiet:
-        import ray
-
-        line = folders.skipped_line(ray.get(train.data.skipped.get.remote()))
-        if line:
+    if isinstance(train, folders.FolderSplit) and not quiet:
+        if line := folders.skipped_line(train.data):
             print(line, file=sys.stderr, flush=True)
     return result
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import console, testhooks
+from . import console, folders, testhooks
 from .config import DEFAULT_STORAGE, TrainConfig, is_remote
 from .errors import ConfigError, RunFailed, command_main
 from .tune_spec import TuneSpec, load_spec
@@ -89,7 +89,7 @@ def tune_trial(params: dict[str, Any], data=None, base: dict[str, Any] | None = 
 def run_search(spec: TuneSpec, data_dir: str, storage: str = DEFAULT_STORAGE,
                name: str = "tune", export: str | None = None, max_concurrent: int | None = None,
                num_samples: int | None = None, resume: bool = False,
-               classes: str = "") -> dict[str, Any]:
+               classes: str = "", strict: bool = False) -> dict[str, Any]:
     import ray
     from ray import tune
 
@@ -101,6 +101,7 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str = DEFAULT_STORAGE,
                           f"trials' checkpoints on a local or shared path, got {storage!r}")
     base = TrainConfig.from_dict({**spec.train, "data": data_dir, "data_classes": classes,
                                   "storage": "", "name": name})
+    base.strict = base.strict or strict
     base, train, val, test = prepare_config(base)
     # Trials run side by side, so each defaults to one worker with one CPU.
     base.num_workers = 1 if base.num_workers is None else base.num_workers
@@ -109,6 +110,8 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str = DEFAULT_STORAGE,
     experiment = Path(storage).absolute() / name
     base.storage = str(experiment / "trials")
     init_ray()
+    if isinstance(train, folders.FolderSplit):
+        folders.count_skipped(train.data, base.strict)
     searched = list(spec.search_space)
     console.result(f"searching {', '.join(searched)} for {base.model}: "
                    f"{num_samples or spec.num_samples} trials of up to {base.epochs} epochs "
@@ -143,7 +146,10 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str = DEFAULT_STORAGE,
         # restored search brings its console options from the first run.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     results = tuner.fit()
-    return summarize(results, spec, base, experiment, export, data=(train, val, test))
+    summary = summarize(results, spec, base, experiment, export, data=(train, val, test))
+    if isinstance(train, folders.FolderSplit) and (line := folders.skipped_line(train.data)):
+        print(line, file=sys.stderr, flush=True)
+    return summary
 
 
 def _new_tuner(trainable, spec: TuneSpec, base: TrainConfig, name: str, storage: str,
@@ -284,6 +290,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "or a folder or URI of photos in class sub-folders")
     parser.add_argument("--classes", default="", metavar="DIGITS",
                         help="with a folder of photos: the class sub-folders to search on")
+    parser.add_argument("--strict", action="store_true",
+                        help="with a folder of photos: an unreadable file is an error, not "
+                             "skipped")
     parser.add_argument("--storage", default=DEFAULT_STORAGE)
     parser.add_argument("--name", default="tune")
     parser.add_argument("--export", help="write the best trial's best checkpoint here")
@@ -298,7 +307,8 @@ def command(a: argparse.Namespace) -> None:
     console.set_verbose(a.verbose)
     summary = run_search(load_spec(a.config), a.data, storage=a.storage, name=a.name,
                          export=a.export, max_concurrent=a.max_concurrent,
-                         num_samples=a.num_samples, resume=a.resume, classes=a.classes)
+                         num_samples=a.num_samples, resume=a.resume, classes=a.classes,
+                         strict=a.strict)
     best = summary.get("best")
     if best is None:
         raise RunFailed(f"no trial of the search reported a result; see {summary['csv']}")

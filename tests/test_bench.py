@@ -55,11 +55,12 @@ def test_bench_all_quick_writes_every_part(private_ray, tmp_path):
     serve = json.loads(next(tmp_path.glob("serve-*-quick.json")).read_text())
     rows = [(s["name"], s["max_batch_size"], r) for s in serve["settings"] for r in s["rows"]]
     assert [(size, r["concurrency"]) for _, size, r in rows] == [
-        (size, c) for size in (32, 1) for c in (1, 8, 32)]
+        (size, c) for size in (32, 1) for c in (1, 8, 32)] + [(32, 1), (32, 32)]
     assert all(r["errors"] == 0 and r["requests"] > 0 and r["p95_ms"] >= r["p50_ms"] > 0
                and 0 < r["client_cpu_share"] < 1 for _, _, r in rows)
-    # The replica formed batches only where batching was on.
-    assert [s["mean_batch"] > 1 for s in serve["settings"]] == [True, False]
+    # The replica formed batches only where batching was on (the third row: Ray's batcher).
+    assert [s["mean_batch"] > 1 for s in serve["settings"][:2]] == [True, False]
+    assert serve["settings"][2]["ray_batch"] and serve["summary"]["tf_batcher_vs_serve_batch_c32"]
     assert [r["batch"] for r in serve["in_process"]] == [1, 8, 32]
     assert serve["summary"]["tf_batching_on_vs_off_c32"] > 0 and "cores" in serve["machine"]
     assert "| in process |" in next(tmp_path.glob("serve-*-quick.md")).read_text()
@@ -129,7 +130,7 @@ def test_train_bench_adds_and_selects_a_setup_with_communication_options():
         select(setups, "ray 4x1")
 
 
-def test_an_out_option_goes_to_the_part_not_to_out_dir(monkeypatch, tmp_path):
+def test_an_out_option_goes_to_the_part_not_to_out_dir(monkeypatch, tmp_path, capsys):
     import bench.__main__ as cli
 
     ran = []
@@ -139,6 +140,7 @@ def test_an_out_option_goes_to_the_part_not_to_out_dir(monkeypatch, tmp_path):
     # named like the file; the part's own --out comes last, so it wins there.
     cli.main(["scaling", "--out", "scaling.json"])
     assert ran[0][-2:] == ["--out", "scaling.json"] and not (tmp_path / "scaling.json").exists()
+    assert capsys.readouterr().out == "== scaling -> scaling.json\n"  # where it will be
 
 
 def test_train_bench_pairs_each_round_with_the_one_worker_run_of_the_same_round():

@@ -88,8 +88,10 @@ def test_serve_ratios_compare_like_with_like():
         return {"name": name, "rows": rows}
 
     settings = [setting("tf, proxy (the old defaults)", 30), setting("tf, proxy, batching off", 10),
-                setting("+ HAProxy ingress", 60, json=80), setting("~ batching off", 20),
+                setting("+ HAProxy ingress", 60, json=80), setting("~ Ray's @serve.batch", 40),
+                setting("~ batching off", 20),
                 setting("+ OpenVINO backend", 120, c1_p50=9.0), setting("~ batching off", 50),
+                setting("~ Ray's @serve.batch", 80),
                 setting("~ Ray's proxy (the default ingress)", 70, c1_p50=18.0)]
     local = [{"backend": "tf (f32)", "batch": 32, "images_per_s": 100},
              {"backend": "openvino (bf16)", "batch": 32, "images_per_s": 300},
@@ -98,6 +100,8 @@ def test_serve_ratios_compare_like_with_like():
     assert s["tf_in_process_batch32"] == 100 and s["fastest_backend_vs_tf_batch32"] == 3.0
     assert s["tf_http_c32_vs_in_process"] == pytest.approx(0.6)
     assert s["tf_batching_on_vs_off_c32"] == pytest.approx(3.0)
+    assert s["tf_batcher_vs_serve_batch_c32"] == pytest.approx(1.5)
+    assert s["openvino_batcher_vs_serve_batch_c32"] == pytest.approx(1.5)
     assert s["tf_json32_vs_in_process"] == pytest.approx(0.8)
     assert s["openvino_http_c32_vs_tf_in_process"] == pytest.approx(1.2)
     assert s["default_ingress_http_c32_vs_tf_in_process"] == pytest.approx(0.7)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import assert_user_error
+from conftest import ROOT, assert_user_error
 
 from resnet_ray.folders import is_folder, list_folder
 
@@ -175,16 +175,35 @@ def test_unreachable_or_refused_bucket_is_one_clear_error(cli, tmp_path, moto, m
         auth.wait(10)
 
 
+SMOKE = ROOT / "tune_configs" / "smoke.yaml"
+
+
 @pytest.mark.ray
 @pytest.mark.usefixtures("ray_cluster")
-def test_strict_names_the_unreadable_files_before_training(cli, tmp_path):
+@pytest.mark.parametrize("command", [["train", "--model", "tiny"], ["tune", "--config", SMOKE]],
+                         ids=["train", "tune"])
+def test_strict_names_the_unreadable_files_before_training(cli, tmp_path, command):
     root = write_folder(tmp_path / "photos")
     bad = add_bad_files(root)
-    proc = cli("train", "--data", root, "--model", "tiny", "--strict", "--storage",
-               tmp_path / "runs")
+    proc = cli(*command, "--data", root, "--strict", "--storage", tmp_path / "runs")
     assert_user_error(proc, f"{root}: 2 file(s) are not readable images (--strict)",
                       *[str(root / b) for b in bad])
     assert not list((tmp_path / "runs").rglob("checkpoint_*"))
+
+
+@pytest.mark.ray
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_search_on_a_folder_skips_unreadable_files_and_says_so(cli, tmp_path):
+    root = write_folder(tmp_path / "photos")
+    bad = add_bad_files(root)
+    proc = cli("tune", "--config", SMOKE, "--data", root, "--num-samples", 1, "--storage",
+               tmp_path / "runs", "--export", tmp_path / "model")
+    assert proc.returncode == 0, proc.stderr
+    warning = [line for line in proc.stderr.splitlines() if "skipped" in line]
+    assert len(warning) == 1 and warning[0].startswith("warning: skipped 2 file(s)")
+    assert all(str(root / b) in warning[0] for b in bad)
+    meta = json.loads((tmp_path / "model" / "metadata.json").read_text())
+    assert meta["data"] == list_folder(str(root)).record()
 
 
 @pytest.mark.ray
