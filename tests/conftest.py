@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SMOKE_SEARCH = ROOT / "tune_configs" / "smoke.yaml"  # the shipped search the tests run
 SHARED = ROOT.parent / "shared"
 DIGITS = SHARED / "datasets" / "sign-language-digits"
 
@@ -169,7 +170,7 @@ def smoke_search(ray_cluster, synth_dir, tmp_path_factory):
 
     base = tmp_path_factory.mktemp("tune")
     marker = base / "fault"
-    args = ["tune", "--config", ROOT / "tune_configs" / "smoke.yaml", "--data", synth_dir,
+    args = ["tune", "--config", SMOKE_SEARCH, "--data", synth_dir,
             "--storage", base, "--name", "smoke", "--export", base / "best"]
     proc = subprocess.Popen([sys.executable, "-m", "resnet_ray", *map(str, args)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, assert_user_error
+from conftest import SMOKE_SEARCH, assert_user_error
 
 from resnet_ray.folders import is_folder, list_folder
 
@@ -175,13 +175,10 @@ def test_unreachable_or_refused_bucket_is_one_clear_error(cli, tmp_path, moto, m
         auth.wait(10)
 
 
-SMOKE = ROOT / "tune_configs" / "smoke.yaml"
-
-
 @pytest.mark.ray
 @pytest.mark.usefixtures("ray_cluster")
-@pytest.mark.parametrize("command", [["train", "--model", "tiny"], ["tune", "--config", SMOKE]],
-                         ids=["train", "tune"])
+@pytest.mark.parametrize("command", [["train", "--model", "tiny"],
+                                     ["tune", "--config", SMOKE_SEARCH]], ids=["train", "tune"])
 def test_strict_names_the_unreadable_files_before_training(cli, tmp_path, command):
     root = write_folder(tmp_path / "photos")
     bad = add_bad_files(root)
@@ -196,8 +193,8 @@ def test_strict_names_the_unreadable_files_before_training(cli, tmp_path, comman
 def test_a_search_on_a_folder_skips_unreadable_files_and_says_so(cli, tmp_path):
     root = write_folder(tmp_path / "photos")
     bad = add_bad_files(root)
-    proc = cli("tune", "--config", SMOKE, "--data", root, "--num-samples", 1, "--storage",
-               tmp_path / "runs", "--export", tmp_path / "model")
+    proc = cli("tune", "--config", SMOKE_SEARCH, "--data", root, "--num-samples", 1,
+               "--storage", tmp_path / "runs", "--export", tmp_path / "model")
     assert proc.returncode == 0, proc.stderr
     warning = [line for line in proc.stderr.splitlines() if "skipped" in line]
     assert len(warning) == 1 and warning[0].startswith("warning: skipped 2 file(s)")
