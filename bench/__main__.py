@@ -49,12 +49,15 @@ def main(argv=None) -> None:
               "default command)", flush=True)
         parts.remove("cv")
     suffix = f"{date.today()}{'-quick' if args.quick else ''}"
+    own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    own.add_argument("--out")
+    part_out = own.parse_known_args(rest)[0].out
     written = {}
     for name in parts:
         stem, part_main = PARTS[name]
         out = args.out_dir / f"{stem}-{suffix}.json"
-        if "--out" in rest[:-1]:  # a single part's own --out wins over the default name
-            out = Path(rest[rest.index("--out") + 1])
+        if part_out:  # a single part's own --out wins over the default name
+            out = Path(part_out)
         print(f"== {name} -> {out}", flush=True)
         extra = []
         if name == "accuracy":
