@@ -23,7 +23,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from .common import result_path, write_report
+from .common import machine, result_path, write_report
 
 
 def _train(data: str, storage: str, name: str, model: str, epochs: int, classes: str = "",
@@ -90,7 +90,7 @@ def memory(small: str, big: str, tmp: Path) -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = []
+    lines = [f"Machine: {report['machine']}.", ""] if report.get("machine") else []
     s = report.get("speed")
     if s:
         lines += [f"{s['model']}, 2 workers x 1 CPU, global batch 32, {s['epochs']} epochs, "
@@ -120,7 +120,8 @@ def run(photos: str | None, classes: str, epochs: int, rounds: int, small: str |
         big: str | None, quick: bool, out: str | None) -> dict:
     from resnet_ray.synth import write_synth_folder
 
-    report = {"part": "ingest", "date": str(date.today()), "quick": quick, "photos": photos}
+    report = {"part": "ingest", "date": str(date.today()), "quick": quick, "photos": photos,
+              "machine": machine()}
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         tmp = Path(tmp)
         if quick:

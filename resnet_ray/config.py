@@ -54,6 +54,12 @@ class TrainConfig:
     strict: bool = option(False, help="with a folder of photos: read every file before "
                                       "training and stop on any that is not a readable "
                                       "image (default: skip it with a warning)", in_yaml=False)
+    keep_images: int = option(4096, help="with a folder of photos: keep a worker's share of "
+                                         "the training photos, and the validation photos, "
+                                         "decoded in memory after the first epoch when each "
+                                         "is at most this many images (4096 at 64x64: 48 "
+                                         "MiB); larger ones stream every epoch (0: always)",
+                              in_yaml=False)
     model: str = option("resnet50", choices=MODEL_NAMES)
     epochs: int = option(20)
     batch_size: int = option(32, help="global batch")  # split evenly across workers
@@ -153,6 +159,7 @@ class TrainConfig:
             ("precision", self.precision in PRECISIONS, f"one of {list(PRECISIONS)}"),
             ("max_failures", self.max_failures >= -1, "-1 (retry forever) or more"),
             ("keep_checkpoints", self.keep_checkpoints >= 1, "at least 1"),
+            ("keep_images", self.keep_images >= 0, "0 (always stream) or more images"),
             ("bn_momentum", 0 < self.bn_momentum < 1, "between 0 and 1"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "between 0 and 1"),
             ("weight_decay", 0 <= self.weight_decay < 1, "at least 0 and below 1"),

@@ -26,7 +26,6 @@ SPLITS = ("train", "validation", "test")
 DECODE_BATCH = 32
 FILES_PER_TASK = 400
 INGEST_STORE_BYTES = 64 * 2 ** 20  # Ray Data's object store budget per stream to the workers
-VALIDATION_KEPT = 4096  # images (48 MiB at 64x64) a worker keeps between epochs
 
 
 @dataclass
@@ -316,7 +315,7 @@ class ValidationStream:
     most `keep` images (each Ray Data pass takes seconds to start), streamed every epoch
     when larger, so a worker's memory stays bounded whatever the folder's size."""
 
-    def __init__(self, shard, keep: int = VALIDATION_KEPT):
+    def __init__(self, shard, keep: int):
         self.shard, self.keep, self.kept = shard, keep, None
 
     def __call__(self, model) -> tuple[np.ndarray, np.ndarray]:

@@ -35,27 +35,32 @@ def make_dataset_fn(train: Signs, cfg: TrainConfig, first_epoch: int):
 
 def make_stream_fn(shard, cfg: TrainConfig, steps: int, first_epoch: int):
     """Per-worker input from the worker's Ray Data shard of a photo folder: decoded batches
-    (already this worker's share), shuffled within a buffer, augmented as above.
+    (already this worker's share), shuffled, augmented as above.
 
-    One Ray Data pass per epoch, each of `steps` batches (the listed files' count; where
-    skipped files made a shard shorter, the pass's first few batches come again), and no pass
-    after the last epoch. The next pass starts while this epoch validates."""
+    Each epoch is `steps` batches (the listed files' count; where skipped files made a shard
+    shorter, the epoch's first few batches come again). A share of at most `cfg.keep_images`
+    images is kept, decoded, after the first pass and reshuffled in memory each later epoch,
+    since a Ray Data pass takes CPU from the model; a larger share streams every epoch, and
+    no pass starts after the last epoch. The next pass starts while this epoch validates."""
     from .keras_backend import tf
 
     shape = tuple(cfg.input_shape)
 
     def dataset_fn(input_context):
         per_replica = input_context.get_per_replica_batch_size(cfg.update_batch_size)
+        worker = input_context.input_pipeline_id
 
         def batches():
+            memory = None  # this worker's share, decoded, once it is known to be small
             for epoch in range(first_epoch, cfg.epochs):
+                kept: list = []
+                source = _streamed(shard, per_replica, cfg.keep_images, kept) \
+                    if memory is None else \
+                    _from_memory(memory, per_replica, (cfg.seed, epoch, worker))
                 taken, first = 0, []  # a few batches to repeat: memory stays flat
-                for b in shard.iter_batches(batch_size=per_replica, batch_format="numpy",
-                                            drop_last=True, prefetch_batches=2,
-                                            local_shuffle_buffer_size=8 * per_replica):
+                for b in source:
                     if taken < steps:
-                        testhooks.record_files(epoch + 1, input_context.input_pipeline_id,
-                                               b["path"])
+                        testhooks.record_files(epoch + 1, worker, b["path"])
                         batch = (b["image"], b["label"].astype(np.int32))
                         if len(first) < REPEATED_BATCHES:
                             first.append(batch)
@@ -63,14 +68,39 @@ def make_stream_fn(shard, cfg: TrainConfig, steps: int, first_epoch: int):
                         yield batch
                 for i in range(steps - taken):
                     yield first[i % len(first)]
+                if kept:
+                    memory = {k: np.concatenate([b[k] for b in kept]) for k in kept[0]}
 
         ds = tf.data.Dataset.from_generator(batches, output_signature=(
             tf.TensorSpec((per_replica, *shape), tf.uint8),
             tf.TensorSpec((per_replica,), tf.int32)))
-        stream = (cfg.seed + first_epoch) * 1009 + input_context.input_pipeline_id
+        stream = (cfg.seed + first_epoch) * 1009 + worker
         return _model_input(ds, cfg, len(cfg.classes), stream)
 
     return dataset_fn
+
+
+def _streamed(shard, per_replica: int, keep: int, kept: list):
+    """One Ray Data pass in full batches; every batch goes into `kept` too, and `kept` ends
+    empty when the pass held more than `keep` images."""
+    seen = 0
+    for b in shard.iter_batches(batch_size=per_replica, batch_format="numpy",
+                                prefetch_batches=2, local_shuffle_buffer_size=8 * per_replica):
+        seen += len(b["label"])
+        if seen <= keep:
+            kept.append(b)
+        elif kept:
+            kept.clear()
+        if len(b["label"]) == per_replica:
+            yield b
+
+
+def _from_memory(memory: dict[str, np.ndarray], per_replica: int, seed: tuple[int, ...]):
+    """A kept share in full batches, in a new order for every seed."""
+    order = np.random.default_rng(seed).permutation(len(memory["label"]))
+    for i in range(0, len(order) - per_replica + 1, per_replica):
+        take = order[i:i + per_replica]
+        yield {k: v[take] for k, v in memory.items()}
 
 
 def _model_input(ds, cfg: TrainConfig, classes: int, stream: int):

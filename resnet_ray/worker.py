@@ -134,7 +134,7 @@ def _inputs(data, cfg: TrainConfig):
         shard, val_shard = (ray.train.get_dataset_shard(n) for n in ("train", "validation"))
         steps = data["stream"]["train"] // cfg.update_batch_size
         return (data["stream"]["train"], partial(make_stream_fn, shard, cfg, steps),
-                ValidationStream(val_shard))
+                ValidationStream(val_shard, cfg.keep_images))
     train, val = ray.get(data) if isinstance(data, ray.ObjectRef) else data
 
     def validate(model):

@@ -16,6 +16,7 @@ from PIL import Image
 
 from conftest import SMOKE_SEARCH, assert_user_error
 
+from resnet_ray.config import TrainConfig
 from resnet_ray.folders import is_folder, list_folder
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -71,6 +72,50 @@ def test_a_file_keeps_its_split_when_the_folder_grows(tmp_path):
 def test_photo_folder_or_signs_directory(tmp_path, synth_dir):
     assert is_folder(str(write_folder(tmp_path / "p"))) and is_folder("s3://bucket/photos")
     assert not is_folder(str(synth_dir))
+
+
+class _Shard:
+    """A worker's Ray Data shard of 44 images whose pixels are their index; counts passes."""
+
+    def __init__(self, n=44):
+        self.images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None],
+                                      (n, 4, 4, 3))
+        self.passes = 0
+
+    def iter_batches(self, batch_size, **_):
+        self.passes += 1
+        for i in range(0, len(self.images), batch_size):
+            index = np.arange(i, min(i + batch_size, len(self.images)))
+            yield {"image": self.images[index], "label": index % 2,
+                   "path": np.asarray([f"p{j}" for j in index])}
+
+
+@pytest.mark.parametrize("keep", [44, 43, 0])
+def test_a_small_share_is_read_once_then_reshuffled_in_memory(keep):
+    from resnet_ray.input_pipeline import make_stream_fn
+
+    class Context:
+        input_pipeline_id = 0
+
+        def get_per_replica_batch_size(self, size):
+            return size
+
+    cfg = TrainConfig(input_shape=(4, 4, 3), classes=[0, 1], epochs=3, batch_size=8,
+                      augment=0, keep_images=keep)
+    shard, steps = _Shard(), 5
+    ds = make_stream_fn(shard, cfg, steps, 0)(Context())
+    epochs = [[], [], []]
+    for i, (x, y) in enumerate(ds.take(3 * steps)):
+        index = np.rint(x.numpy()[:, 0, 0, 0] * 255).astype(int)
+        assert (y.numpy().argmax(axis=1) == index % 2).all()
+        epochs[i // steps] += index.tolist()
+    # Each epoch: 40 different images of the 44 (full batches only).
+    assert all(len(set(e)) == 40 and set(e) <= set(range(44)) for e in epochs)
+    # Read once when the share fits in keep_images, then in a new order each epoch (the last
+    # partial batch kept too); else streamed every epoch.
+    assert shard.passes == (1 if keep >= 44 else 3)
+    if keep >= 44:
+        assert epochs[1] != epochs[2] and set(epochs[1] + epochs[2]) - set(epochs[0])
 
 
 @pytest.mark.parametrize("case", ["missing", "no_class_folders", "empty_class",

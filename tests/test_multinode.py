@@ -132,7 +132,8 @@ def test_workers_on_two_nodes_read_disjoint_shards_of_a_folder(cluster, tmp_path
     (tmp_path / "runtime_env.yaml").write_text(yaml.safe_dump(runtime_env))
     job_id, proc = submit(address, env, [
         "--data", photos, "--model", "tiny", "--epochs", 2, "--num-workers", 2,
-        "--batch-size", 8, "--storage", tmp_path / "runs", "--name", "folder"],
+        "--batch-size", 8, "--keep-images", 0, "--storage", tmp_path / "runs",
+        "--name", "folder"],
         runtime_env=tmp_path / "runtime_env.yaml")
     assert job_status(address, env, job_id) == "SUCCEEDED", (proc.stdout[-3000:],
                                                              proc.stderr[-3000:])
