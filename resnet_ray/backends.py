@@ -1,9 +1,9 @@
 """Inference backends for an exported model: TensorFlow, or OpenVINO compiled for this CPU.
 
 Every path that predicts (evaluate, predict, Serve) gets a `Predictor`: float32 images in
-[0, 1] in, class probabilities out, BatchNormalization in inference mode. `auto` is OpenVINO at
-the CPU's own precision (bfloat16 where the CPU has AVX512_BF16 or AMX, else float32) and
-TensorFlow where OpenVINO is not installed; docs/serving.md has the measurements behind it.
+[0, 1] in, class probabilities out, BatchNormalization in inference mode. `auto` is OpenVINO in
+bfloat16 where the CPU has AVX512_BF16 or AMX and OpenVINO is installed, else TensorFlow;
+docs/serving.md has the measurements behind it.
 """
 
 from __future__ import annotations
@@ -47,14 +47,19 @@ def check_backend(name: str) -> str:
     return name
 
 
-def resolve(name: str) -> str:
-    """The concrete backend `auto` stands for on this machine."""
+def resolve(name: str, flags: set[str] | None = None) -> str:
+    """The concrete backend `auto` stands for on this machine (CPU `flags`: this one's)."""
     check_backend(name)
     if name != "auto":
         return name
     import importlib.util
 
-    return "openvino" if importlib.util.find_spec("openvino") else "tf"
+    from .layout import BF16_CPU_FLAGS, cpu_flags
+
+    # Inside Serve replicas on an AVX2-only CPU, OpenVINO's float32 path gave answers far
+    # from TensorFlow's, not every time (docs/serving.md); auto keeps it to bfloat16 CPUs.
+    bf16 = any(f in (cpu_flags() if flags is None else flags) for f in BF16_CPU_FLAGS)
+    return "openvino" if bf16 and importlib.util.find_spec("openvino") else "tf"
 
 
 def load_predictor(model_dir: str | os.PathLike, backend: str = "auto",

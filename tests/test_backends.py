@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from resnet_ray.backends import load_predictor
+from resnet_ray.backends import load_predictor, resolve
 from resnet_ray.data import load_signs
 from resnet_ray.predict import predict_probs
 
@@ -21,6 +21,16 @@ def quantized(tiny_model_dir, synth_dir, tmp_path_factory):
     shutil.copytree(tiny_model_dir, model_dir)
     info = quantize(model_dir, synth_dir, count=64)
     return model_dir, info
+
+
+def test_auto_is_openvino_only_on_cpus_with_bfloat16():
+    import importlib.util
+
+    openvino = "openvino" if importlib.util.find_spec("openvino") else "tf"
+    assert resolve("auto", {"avx2", "fma"}) == "tf"
+    assert resolve("auto", {"avx2", "avx512f", "avx512_bf16"}) == openvino
+    assert resolve("auto", {"avx2", "amx_bf16"}) == openvino
+    assert resolve("openvino", {"avx2"}) == "openvino"
 
 
 def test_openvino_predicts_what_tensorflow_predicts(tiny_model_dir, synth_dir):
