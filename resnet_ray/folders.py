@@ -321,19 +321,21 @@ class ValidationStream:
     def __call__(self, model) -> tuple[np.ndarray, np.ndarray]:
         if self.kept is not None:
             return predict_split(model, self.kept)
-        kept: list | None = []
-
-        def stream():
-            nonlocal kept
-            seen = 0
-            for b in self.shard.iter_batches(batch_size=64, batch_format="numpy"):
-                seen += len(b["label"])
-                if kept is not None and seen <= self.keep:
-                    kept.append(b)
-                else:
-                    kept = None
-                yield b
-
-        result = predict_split(model, stream())
-        self.kept = kept
+        kept: list = []
+        result = predict_split(model, keep_if_small(
+            self.shard.iter_batches(batch_size=64, batch_format="numpy"), self.keep, kept))
+        self.kept = kept or None
         return result
+
+
+def keep_if_small(batches, keep: int, kept: list):
+    """The batches, unchanged; each also goes into `kept`, which ends empty when they held
+    more than `keep` images (a worker keeps a small split between epochs, never a large one)."""
+    seen = 0
+    for b in batches:
+        seen += len(b["label"])
+        if seen <= keep:
+            kept.append(b)
+        elif kept:
+            kept.clear()
+        yield b

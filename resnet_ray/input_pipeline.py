@@ -8,6 +8,7 @@ import numpy as np
 from . import testhooks
 from .config import TrainConfig
 from .data import Signs
+from .folders import keep_if_small
 
 REPEATED_BATCHES = 8  # a shard short of `steps` batches (skipped files) repeats its first ones
 
@@ -81,16 +82,10 @@ def make_stream_fn(shard, cfg: TrainConfig, steps: int, first_epoch: int):
 
 
 def _streamed(shard, per_replica: int, keep: int, kept: list):
-    """One Ray Data pass in full batches; every batch goes into `kept` too, and `kept` ends
-    empty when the pass held more than `keep` images."""
-    seen = 0
-    for b in shard.iter_batches(batch_size=per_replica, batch_format="numpy",
-                                prefetch_batches=2, local_shuffle_buffer_size=8 * per_replica):
-        seen += len(b["label"])
-        if seen <= keep:
-            kept.append(b)
-        elif kept:
-            kept.clear()
+    """One Ray Data pass in full batches, kept as `keep_if_small` keeps them."""
+    batches = shard.iter_batches(batch_size=per_replica, batch_format="numpy",
+                                 prefetch_batches=2, local_shuffle_buffer_size=8 * per_replica)
+    for b in keep_if_small(batches, keep, kept):
         if len(b["label"]) == per_replica:
             yield b
 
