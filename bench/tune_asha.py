@@ -38,6 +38,8 @@ def run(quick: bool = False, config: str | None = None, data: str | None = None,
         for scheduler in ("asha", "fifo"):
             spec = load_spec(config)
             spec.scheduler = {**spec.scheduler, "type": scheduler}
+            # The two schedulers are compared by validation accuracy, whatever a file ranks by.
+            spec.metric, spec.mode = "val_accuracy", "max"
             begin = time.perf_counter()
             summary = run_search(spec, data, storage=str(Path(tmp) / "runs"), name=scheduler)
             best = summary.get("best", {})

@@ -93,9 +93,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     worker.train_loop_per_worker(loop_config)
 
 
-def build_trainer(cfg: TrainConfig, data, callbacks=(), board=None):
+def build_trainer(cfg: TrainConfig, data, callbacks=(), board=None,
+                  score: tuple[str, str] = ("val_accuracy", "max")):
     """The project's Ray Train trainer for a checked config; data = (train, validation);
-    board: the actor rank 0 posts its progress to (resnet_ray/progress.py)."""
+    board: the actor rank 0 posts its progress to (resnet_ray/progress.py); score: the
+    metric and mode that choose which checkpoints are kept (a search's own)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.config import LoggingConfig
@@ -133,8 +135,8 @@ def build_trainer(cfg: TrainConfig, data, callbacks=(), board=None):
             name=cfg.name, storage_path=cfg.storage,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints,
-                                               checkpoint_score_attribute="val_accuracy",
-                                               checkpoint_score_order="max"),
+                                               checkpoint_score_attribute=score[0],
+                                               checkpoint_score_order=score[1]),
             worker_runtime_env={"env_vars": {**worker_env_vars(), **testhooks.forwarded_env()}},
             logging_config=LoggingConfig(log_level="WARNING"),
             callbacks=callbacks),

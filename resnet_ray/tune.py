@@ -68,7 +68,8 @@ def _scheduler(spec: TuneSpec, max_epochs: int):
 
 
 def tune_trial(params: dict[str, Any], data=None, base: dict[str, Any] | None = None,
-               hooks: dict[str, str] | None = None) -> None:
+               hooks: dict[str, str] | None = None,
+               score: tuple[str, str] = ("val_accuracy", "max")) -> None:
     """One trial: a Ray Train run of the project's trainer with this trial's parameters."""
 
     import ray.tune
@@ -83,7 +84,8 @@ def tune_trial(params: dict[str, Any], data=None, base: dict[str, Any] | None = 
                                  "export": None})
     # A restored search re-runs an unfinished trial under the same name, so its Train run
     # resumes from its own latest checkpoint.
-    build_trainer(cfg.validate(), data, callbacks=[TuneReportCallback()]).fit()
+    # Checkpoints are kept by the search's metric, so the one exported is the trial's best.
+    build_trainer(cfg.validate(), data, callbacks=[TuneReportCallback()], score=score).fit()
 
 
 def run_search(spec: TuneSpec, data_dir: str, storage: str = DEFAULT_STORAGE,
@@ -129,7 +131,7 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str = DEFAULT_STORAGE,
     # max_concurrent_trials keeps trials from waiting on each other's workers.
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, data=(train, val), base=base.to_dict(),
-                             hooks=testhooks.forwarded_env()),
+                             hooks=testhooks.forwarded_env(), score=(spec.metric, spec.mode)),
         {"cpu": 0, "memory": 2 ** 26})
     if resume:
         if not tune.Tuner.can_restore(str(experiment)):

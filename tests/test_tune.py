@@ -85,7 +85,7 @@ def test_smoke_search_runs_trials_and_asha_stops_some_early(smoke_search):
     spec, base, summary, _, _ = smoke_search
     table = pd.read_csv(base / "smoke" / "trials.csv")
     assert len(table) == spec.num_samples and (table["stop"] != "error").all(), table
-    assert {"lr", "batch_size", "epochs", "best_val_accuracy", "stop"} <= set(table.columns)
+    assert {"lr", "batch_size", "epochs", f"best_{spec.metric}", "stop"} <= set(table.columns)
     assert (table["stop"] == "stopped early (ASHA)").any(), table
     assert (table["epochs"] < spec.train["epochs"]).any()
     assert summary["epochs_run"] < summary["epochs_budget"]
@@ -103,7 +103,7 @@ def test_smoke_search_exports_the_best_trial(smoke_search):
     best = table.iloc[0]
     assert meta["tune"]["trial"] == best["trial"]
     assert meta["config"]["lr"] == pytest.approx(best["lr"])
-    assert meta["metrics"]["val_accuracy"] == pytest.approx(best["best_val_accuracy"])
+    assert meta["metrics"][spec.metric] == pytest.approx(best[f"best_{spec.metric}"])
 
 
 @pytest.mark.ray
