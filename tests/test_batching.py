@@ -26,6 +26,8 @@ def test_requests_that_arrive_while_the_model_is_busy_form_one_full_batch():
         model = SlowModel(0.3)
         batcher = Batcher(model, max_batch_size=8, wait_s=0.001)
         sent = [asyncio.ensure_future(batcher(0))]
+        while not model.batches:  # the first request goes alone, cut by the 1 ms wait
+            await asyncio.sleep(0.001)
         for i in range(1, 12):  # one every 2 ms while the first batch is in the model
             await asyncio.sleep(0.002)
             sent.append(asyncio.ensure_future(batcher(i)))
