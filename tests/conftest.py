@@ -38,6 +38,9 @@ def pytest_collection_modifyitems(config, items):
     # Tests with a private cluster stop the shared one; running them last starts it once.
     items.sort(key=lambda item: "private_ray" in getattr(item, "fixturenames", ())
                or item.get_closest_marker("private_cluster") is not None)
+    for item in items:  # the first user of the shared search also waits for the search
+        if "smoke_search" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.timeout(2400))
     if config.getoption("--long"):
         return
     skip = pytest.mark.skip(reason="long version only (pytest --long)")

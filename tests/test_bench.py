@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_bench_all_quick_writes_every_part(private_ray, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bench", "all", "--quick",
                            "--out-dir", str(tmp_path)], cwd=ROOT, capture_output=True,
