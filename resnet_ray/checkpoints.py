@@ -108,10 +108,15 @@ def checkpoint_score(directory: Path, metric: str) -> float | None:
         return None
 
 
-def best_checkpoint_dir(run_dir: str | Path, metric: str = "val_accuracy",
-                        mode: str = "max") -> Path | None:
+# What a run keeps and exports its checkpoints by: (metric, "max" or "min"). A search
+# passes its own, so that a trial's exported checkpoint is its best by what the search ranks.
+SCORE = ("val_accuracy", "max")
+
+
+def best_checkpoint_dir(run_dir: str | Path, score: tuple[str, str] = SCORE) -> Path | None:
     """The best complete checkpoint of a run directory by its recorded metric (the earliest
     of equals)."""
+    metric, mode = score
     scored = [(s, p) for p in complete_checkpoints(run_dir)
               if (s := checkpoint_score(p, metric)) is not None]
     sign = 1 if mode == "max" else -1
@@ -142,10 +147,10 @@ class RayCheckpoints:
 
 class LocalCheckpoints:
     """Checkpoints of a single-process run (Ray Train's local mode persists none): written
-    atomically into the run directory, best `keep` by val_accuracy plus the latest kept."""
+    atomically into the run directory, the best `keep` by `score` plus the latest kept."""
 
-    def __init__(self, run_dir: str, keep: int):
-        self.run_dir, self.keep = Path(run_dir), keep
+    def __init__(self, run_dir: str, keep: int, score: tuple[str, str] = SCORE):
+        self.run_dir, self.keep, self.score = Path(run_dir), keep, tuple(score)
 
     def latest(self):
         done = complete_checkpoints(self.run_dir)
@@ -163,7 +168,11 @@ class LocalCheckpoints:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         done = complete_checkpoints(self.run_dir)
-        score = {p: checkpoint_score(p, "val_accuracy") or 0.0 for p in done}
+        metric, mode = self.score
+        sign = 1 if mode == "max" else -1
+        # A checkpoint without the metric ranks last; the later of equals is kept.
+        score = {p: (s is not None, sign * (s or 0.0))
+                 for p in done for s in [checkpoint_score(p, metric)]}
         kept = set(sorted(done, key=lambda p: (score[p], p.name), reverse=True)[:self.keep])
         for p in done:
             if p not in kept and p != final:
@@ -171,7 +180,7 @@ class LocalCheckpoints:
         ray.train.report(metrics)
 
     def best(self) -> Path | None:
-        return best_checkpoint_dir(self.run_dir)
+        return best_checkpoint_dir(self.run_dir, self.score)
 
 
 # What makes a checkpoint unusable for another run: the weights' and optimizer's shapes, and

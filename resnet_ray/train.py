@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from . import config, console, embedded, folders, testhooks
-from .checkpoints import (CONFIG_FILE, LocalCheckpoints, check_checkpoints, check_same_run,
-                          checkpoint_score, complete_checkpoints)
+from .checkpoints import (CONFIG_FILE, SCORE, LocalCheckpoints, check_checkpoints,
+                          check_same_run, checkpoint_score, complete_checkpoints)
 from .config import TrainConfig, is_remote
 from .data import Signs, load_data_dir, split_validation
 from .errors import ConfigError, RunFailed, command_main
@@ -94,7 +94,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 
 def build_trainer(cfg: TrainConfig, data, callbacks=(), board=None,
-                  score: tuple[str, str] = ("val_accuracy", "max")):
+                  score: tuple[str, str] = SCORE):
     """The project's Ray Train trainer for a checked config; data = (train, validation);
     board: the actor rank 0 posts its progress to (resnet_ray/progress.py); score: the
     metric and mode that choose which checkpoints are kept (a search's own)."""
@@ -127,7 +127,7 @@ def build_trainer(cfg: TrainConfig, data, callbacks=(), board=None,
     return DataParallelTrainer(
         train_loop_per_worker, backend_config=TensorflowConfig(),
         train_loop_config={"config": cfg.to_dict(), "data": data if local or datasets
-                           else ray.put(data), "board": board},
+                           else ray.put(data), "board": board, "score": score},
         datasets=datasets, dataset_config=data_config,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
@@ -149,7 +149,7 @@ def _best_checkpoint(cfg: TrainConfig, result):
     if cfg.num_workers == 0:
         path = LocalCheckpoints(cfg.run_dir, cfg.keep_checkpoints).best()
         return ray.train.Checkpoint.from_directory(str(path)) if path else None
-    return result.get_best_checkpoint("val_accuracy", "max") or result.checkpoint
+    return result.get_best_checkpoint(*SCORE) or result.checkpoint
 
 
 def finished_epochs(cfg: TrainConfig) -> int | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import console, folders, testhooks
+from .checkpoints import SCORE
 from .config import DEFAULT_STORAGE, TrainConfig, is_remote
 from .errors import ConfigError, RunFailed, command_main
 from .tune_spec import TuneSpec, load_spec
@@ -68,8 +69,7 @@ def _scheduler(spec: TuneSpec, max_epochs: int):
 
 
 def tune_trial(params: dict[str, Any], data=None, base: dict[str, Any] | None = None,
-               hooks: dict[str, str] | None = None,
-               score: tuple[str, str] = ("val_accuracy", "max")) -> None:
+               hooks: dict[str, str] | None = None, score: tuple[str, str] = SCORE) -> None:
     """One trial: a Ray Train run of the project's trainer with this trial's parameters."""
 
     import ray.tune
@@ -227,7 +227,7 @@ def summarize(results, spec: TuneSpec, base: TrainConfig, experiment: Path,
         top = good.iloc[0]
         summary["best"] = {k: (v.item() if hasattr(v, "item") else v)
                            for k, v in top.to_dict().items()}
-        ckpt = best_checkpoint_dir(top["train_dir"], spec.metric, spec.mode)
+        ckpt = best_checkpoint_dir(top["train_dir"], (spec.metric, spec.mode))
         if export and ckpt is not None:
             import ray.train
 

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from . import console, testhooks
-from .checkpoints import LocalCheckpoints, RayCheckpoints, restore_checkpoint, save_checkpoint
+from .checkpoints import (SCORE, LocalCheckpoints, RayCheckpoints, restore_checkpoint,
+                          save_checkpoint)
 from .config import TrainConfig, is_remote
 from .folders import ValidationStream
 from .input_pipeline import make_dataset_fn, make_stream_fn
@@ -159,7 +160,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         logging.getLogger("ray.train").setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    store = LocalCheckpoints(cfg.run_dir, cfg.keep_checkpoints) if local else RayCheckpoints()
+    store = LocalCheckpoints(cfg.run_dir, cfg.keep_checkpoints, loop_config.get("score", SCORE)) \
+        if local else RayCheckpoints()
     keras.utils.set_random_seed(cfg.seed)
 
     strategy, strategy_name = make_strategy(world, local, cfg)

@@ -10,7 +10,7 @@ from resnet_ray.errors import ConfigError
 from resnet_ray.modeldir import load_model_dir
 from resnet_ray.tune import load_spec
 
-from conftest import ROOT, assert_user_error
+from conftest import ROOT, SMOKE_SEARCH, assert_user_error
 
 CONFIGS = sorted((ROOT / "tune_configs").glob("*.yaml"))
 
@@ -80,15 +80,37 @@ def test_cli_reports_a_bad_yaml_without_traceback(cli, tmp_path, synth_dir):
                               "--storage", tmp_path), str(path), "logunif")
 
 
+def test_asha_stops_a_trial_below_its_first_rung_cutoff():
+    """The smoke search's scheduler as Tune gets it: epochs as time, its metric and mode.
+    Whether a 4-trial search stops any trial depends on the order its trials reach a rung,
+    so the search itself is not asked to stop one (bench tune measures what ASHA saves)."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from resnet_ray.tune import _scheduler
+
+    spec = load_spec(SMOKE_SEARCH)
+    scheduler = _scheduler(spec, spec.train["epochs"])
+    scheduler.set_search_properties(spec.metric, spec.mode)  # as tune.TuneConfig passes them
+    trials = {name: SimpleNamespace(trial_id=name) for name in ("first", "worse", "better")}
+    for trial in trials.values():
+        scheduler.on_trial_add(None, trial)
+    first, worse, better = (0.4, 0.3, 0.5) if spec.mode == "max" else (1.80, 1.87, 1.73)
+    actions = {name: scheduler.on_trial_result(None, trials[name],
+                                               {"epoch": 1, spec.metric: value})
+               for name, value in (("first", first), ("worse", worse), ("better", better))}
+    assert actions == {"first": TrialScheduler.CONTINUE, "worse": TrialScheduler.STOP,
+                       "better": TrialScheduler.CONTINUE}
+
+
 @pytest.mark.ray
-def test_smoke_search_runs_trials_and_asha_stops_some_early(smoke_search):
-    spec, base, summary, _, _ = smoke_search
+def test_smoke_search_runs_every_trial_and_draws_its_curves(smoke_search):
+    spec, base, _, _, _ = smoke_search
     table = pd.read_csv(base / "smoke" / "trials.csv")
     assert len(table) == spec.num_samples and (table["stop"] != "error").all(), table
     assert {"lr", "batch_size", "epochs", f"best_{spec.metric}", "stop"} <= set(table.columns)
-    assert (table["stop"] == "stopped early (ASHA)").any(), table
-    assert (table["epochs"] < spec.train["epochs"]).any()
-    assert summary["epochs_run"] < summary["epochs_budget"]
+    assert table["epochs"].between(1, spec.train["epochs"]).all(), table
     for name in ("lr_vs_accuracy.png", "learning_curves.png"):
         assert (base / "smoke" / name).read_bytes()[:4] == b"\x89PNG"
     # TensorBoard event files for every trial under the search's directory

@@ -205,6 +205,34 @@ def test_a_checkpoint_cut_off_while_written_or_pruned_is_ignored(tiny_model_dir,
     assert best_checkpoint_dir(tmp_path) == whole
 
 
+@pytest.mark.parametrize("score, best", [(("val_accuracy", "max"), 2), (("val_loss", "min"), 1)])
+def test_a_run_keeps_and_exports_its_best_checkpoint_by_its_score(tiny_model_dir, tmp_path,
+                                                                 monkeypatch, score, best):
+    """A search that ranks by validation loss keeps (and exports) each trial's best by loss,
+    also where the best-accuracy epoch is another one."""
+    import ray.train
+
+    from resnet_ray.checkpoints import LocalCheckpoints
+
+    monkeypatch.setattr(ray.train, "report", lambda metrics: None)  # no Train session here
+    source = sorted((tiny_model_dir.parent / "runs" / "tiny").glob("checkpoint_epoch_*"))[-1]
+
+    def writer(metrics):
+        def write(directory):
+            shutil.copytree(source, directory, dirs_exist_ok=True)
+            state = json.loads((directory / "state.json").read_text())
+            (directory / "state.json").write_text(json.dumps({**state, "metrics": metrics}))
+        return write
+
+    store = LocalCheckpoints(str(tmp_path), keep=1, score=score)
+    for epoch, loss, accuracy in [(1, 0.30, 0.90), (2, 0.35, 0.95), (3, 0.50, 0.85)]:
+        metrics = {"epoch": epoch, "val_loss": loss, "val_accuracy": accuracy}
+        store.report(metrics, writer(metrics), rank=0)
+    kept = sorted(p.name for p in tmp_path.glob("checkpoint_epoch_*"))
+    assert kept == [f"checkpoint_epoch_{best:04d}", "checkpoint_epoch_0003"]  # best + latest
+    assert store.best() == tmp_path / f"checkpoint_epoch_{best:04d}"
+
+
 def test_a_checkpoint_pruned_while_it_is_checked_is_ignored(tiny_model_dir, tmp_path,
                                                             monkeypatch):
     """The Ray of a run killed moments ago may still be deleting a pruned checkpoint while the
