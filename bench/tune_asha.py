@@ -4,7 +4,8 @@ trial trained to the full budget: epochs spent, wall time, best validation accur
 python -m bench.tune_asha [--quick] [--config tune_configs/bench.yaml] [--data DIR] [--out PATH]
 
 Both searches draw the same trials (same searcher seed); only `scheduler.type` differs. Without
---data they run on the project's synthetic data. --quick runs tune_configs/smoke.yaml.
+--data they run on the project's synthetic data. --quick runs tune_configs/smoke.yaml with two
+trials of two epochs.
 Goal: ASHA spends at most 40% of the full budget's epochs, with its best within 0.5 point.
 """
 
@@ -40,6 +41,8 @@ def run(quick: bool = False, config: str | None = None, data: str | None = None,
             spec.scheduler = {**spec.scheduler, "type": scheduler}
             # The two schedulers are compared by validation accuracy, whatever a file ranks by.
             spec.metric, spec.mode = "val_accuracy", "max"
+            if quick:  # the harness, not the comparison: two short trials per scheduler
+                spec.num_samples, spec.train = 2, {**spec.train, "epochs": 2}
             begin = time.perf_counter()
             summary = run_search(spec, data, storage=str(Path(tmp) / "runs"), name=scheduler)
             best = summary.get("best", {})
