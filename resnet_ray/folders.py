@@ -189,7 +189,11 @@ def decode_batch(batch: dict[str, np.ndarray], root: str, classes: list[int],
         except ImageError as exc:
             bad.append(str(exc))
     if bad and skipped is not None:
-        skipped.add.remote(bad)
+        import ray
+
+        # Waited for: the driver counts right after the last block, and an unanswered call
+        # from this task could reach the counter after the driver's question.
+        ray.get(skipped.add.remote(bad))
     h, w = size
     return {"image": np.stack(images) if images else np.zeros((0, h, w, 3), np.uint8),
             "label": np.asarray(labels, dtype=np.int64), "path": np.asarray(paths, dtype=str)}
