@@ -194,10 +194,27 @@ def smoke_search(ray_cluster, synth_dir, tmp_path_factory):
     proc.wait(timeout=300)
     resumed = run_cli(*args, "--resume", timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    release_orphaned_placement_groups()
     summary = json.loads((experiment / "summary.json").read_text())
     from resnet_ray.tune_spec import load_spec
 
     yield load_spec(args[2]), base, summary, done, args
+
+
+def release_orphaned_placement_groups():
+    """Ray can keep the placement group that a trial's Train run created moments before the
+    search was interrupted, after its driver and controller are gone: one CPU of the shared
+    cluster held for good, and a later two-worker run would wait forever for it. The two
+    search drivers have exited, so any group not made by this process is such an orphan."""
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import (PlacementGroup, placement_group_table,
+                                          remove_placement_group)
+
+    ours = ray.get_runtime_context().get_job_id()
+    for pg_id, info in placement_group_table().items():
+        if info["state"] == "CREATED" and not pg_id.endswith(ours):  # an id ends with its job's
+            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
 
 
 def digits_available():
