@@ -1,9 +1,9 @@
 """Inference backends for an exported model: TensorFlow, or OpenVINO compiled for this CPU.
 
 Every path that predicts (evaluate, predict, Serve) gets a `Predictor`: float32 images in
-[0, 1] in, class probabilities out, BatchNormalization in inference mode. `auto` is OpenVINO in
-bfloat16 where the CPU has AVX512_BF16 or AMX and OpenVINO is installed, else TensorFlow;
-docs/serving.md has the measurements behind it.
+[0, 1] in, class probabilities out, BatchNormalization in inference mode. `auto` is OpenVINO
+(at the CPU's own precision) where it is installed, else TensorFlow; docs/serving.md has the
+measurements behind it.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ CALIBRATION_IMAGES = 300
 class Predictor:
     """A model compiled for one backend; calls are serialised (one inference at a time)."""
 
-    def __init__(self, fn, backend: str, precision: str):
+    def __init__(self, fn, backend: str, precision: str, owner: Any = None):
         self._fn, self._lock = fn, threading.Lock()
+        self._owner = owner  # what the compiled model reads its weights from, if not its own
         self.backend, self.precision = backend, precision
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -47,19 +48,15 @@ def check_backend(name: str) -> str:
     return name
 
 
-def resolve(name: str, flags: set[str] | None = None) -> str:
-    """The concrete backend `auto` stands for on this machine (CPU `flags`: this one's)."""
+def resolve(name: str) -> str:
+    """The concrete backend `auto` stands for: OpenVINO where it is installed (faster than
+    TensorFlow at every batch size measured, docs/serving.md), else TensorFlow."""
     check_backend(name)
     if name != "auto":
         return name
     import importlib.util
 
-    from .layout import BF16_CPU_FLAGS, cpu_flags
-
-    # Inside Serve replicas on an AVX2-only CPU, OpenVINO's float32 path gave answers far
-    # from TensorFlow's, not every time (docs/serving.md); auto keeps it to bfloat16 CPUs.
-    bf16 = any(f in (cpu_flags() if flags is None else flags) for f in BF16_CPU_FLAGS)
-    return "openvino" if bf16 and importlib.util.find_spec("openvino") else "tf"
+    return "openvino" if importlib.util.find_spec("openvino") else "tf"
 
 
 def load_predictor(model_dir: str | os.PathLike, backend: str = "auto",
@@ -80,8 +77,10 @@ def load_predictor(model_dir: str | os.PathLike, backend: str = "auto",
             from .runtime import limit_threads
             limit_threads(threads)
         return _tensorflow(model, meta), meta
+    # OpenVINO's TensorFlow frontend points the converted weights at the Keras model's own
+    # memory: the model must live as long as the predictor, or the answers turn to garbage.
     return _openvino(_convert(model, meta), "f32" if backend == "openvino-f32" else None,
-                     backend, threads), meta
+                     backend, threads, owner=model), meta
 
 
 def _tensorflow(model, meta) -> Predictor:
@@ -101,8 +100,8 @@ def _convert(model, meta):
         return ov.convert_model(model, input=[(-1, *meta["input_shape"])])
 
 
-def _openvino(ov_model, precision: str | None, backend: str, threads: int | None = None
-              ) -> Predictor:
+def _openvino(ov_model, precision: str | None, backend: str, threads: int | None = None,
+              owner: Any = None) -> Predictor:
     import openvino as ov
 
     config = {"PERFORMANCE_HINT": "LATENCY"}  # one stream using every core: lowest latency
@@ -115,7 +114,7 @@ def _openvino(ov_model, precision: str | None, backend: str, threads: int | None
     used = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     if backend == "openvino-int8":
         used = f"int8, {used} elsewhere"
-    return Predictor(lambda x: request.infer({0: x})[0].copy(), backend, used)
+    return Predictor(lambda x: request.infer({0: x})[0].copy(), backend, used, owner)
 
 
 def _keras_digest(model_dir: Path) -> str:

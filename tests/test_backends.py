@@ -1,6 +1,7 @@
 """Inference backends: OpenVINO (float32, the CPU's own precision, int8) against TensorFlow on
 the same model and photos, and the errors a user meets on the way."""
 
+import gc
 import json
 import shutil
 
@@ -23,14 +24,13 @@ def quantized(tiny_model_dir, synth_dir, tmp_path_factory):
     return model_dir, info
 
 
-def test_auto_is_openvino_only_on_cpus_with_bfloat16():
+def test_auto_is_openvino_where_it_is_installed(monkeypatch):
     import importlib.util
 
-    openvino = "openvino" if importlib.util.find_spec("openvino") else "tf"
-    assert resolve("auto", {"avx2", "fma"}) == "tf"
-    assert resolve("auto", {"avx2", "avx512f", "avx512_bf16"}) == openvino
-    assert resolve("auto", {"avx2", "amx_bf16"}) == openvino
-    assert resolve("openvino", {"avx2"}) == "openvino"
+    assert resolve("auto") == "openvino"  # a dependency
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert resolve("auto") == "tf"
+    assert resolve("openvino-f32") == "openvino-f32"
 
 
 def test_openvino_predicts_what_tensorflow_predicts(tiny_model_dir, synth_dir):
@@ -38,7 +38,11 @@ def test_openvino_predicts_what_tensorflow_predicts(tiny_model_dir, synth_dir):
     tf_probs = predict_probs(load_predictor(tiny_model_dir, "tf")[0], test.x)
     f32, _ = load_predictor(tiny_model_dir, "openvino-f32")
     assert f32.description == "openvino-f32 (f32)"
+    # A busy process (a Serve replica) reuses whatever memory was freed since the load.
+    gc.collect()
+    churn = [np.full(n, np.nan, np.float32) for n in (2 ** np.arange(4, 20)).repeat(16)]
     np.testing.assert_allclose(predict_probs(f32, test.x), tf_probs, atol=1e-4)
+    del churn
     # The CPU's own precision (bfloat16 where it has AVX512_BF16) keeps the top class.
     native = predict_probs(load_predictor(tiny_model_dir, "openvino")[0], test.x)
     assert (native.argmax(1) == tf_probs.argmax(1)).mean() >= 0.95
