@@ -113,15 +113,21 @@ def checkpoint_score(directory: Path, metric: str) -> float | None:
 SCORE = ("val_accuracy", "max")
 
 
+def ranked(dirs: list[Path], score: tuple[str, str], later_first: bool) -> list[Path]:
+    """The checkpoints that record the score's metric, best first; among equals the later
+    first when `later_first`, else the earlier."""
+    metric, mode = score
+    sign = -1 if mode == "max" else 1
+    values = {p: v for p in dirs if (v := checkpoint_score(p, metric)) is not None}
+    by_age = sorted(values, key=lambda p: p.name, reverse=later_first)
+    return sorted(by_age, key=lambda p: sign * values[p])  # stable: equals keep by_age's order
+
+
 def best_checkpoint_dir(run_dir: str | Path, score: tuple[str, str] = SCORE) -> Path | None:
     """The best complete checkpoint of a run directory by its recorded metric (the earliest
-    of equals)."""
-    metric, mode = score
-    scored = [(s, p) for p in complete_checkpoints(run_dir)
-              if (s := checkpoint_score(p, metric)) is not None]
-    sign = 1 if mode == "max" else -1
-    best = max(enumerate(scored), key=lambda i_sp: (sign * i_sp[1][0], -i_sp[0]), default=None)
-    return best[1][1] if best else None
+    of equals: the export names the epoch that first reached it)."""
+    best = ranked(complete_checkpoints(run_dir), score, later_first=False)
+    return best[0] if best else None
 
 
 class RayCheckpoints:
@@ -168,12 +174,8 @@ class LocalCheckpoints:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         done = complete_checkpoints(self.run_dir)
-        metric, mode = self.score
-        sign = 1 if mode == "max" else -1
-        # A checkpoint without the metric ranks last; the later of equals is kept.
-        score = {p: (s is not None, sign * (s or 0.0))
-                 for p in done for s in [checkpoint_score(p, metric)]}
-        kept = set(sorted(done, key=lambda p: (score[p], p.name), reverse=True)[:self.keep])
+        # The later of equals is kept, as Ray Train's own pruning does.
+        kept = set(ranked(done, self.score, later_first=True)[:self.keep])
         for p in done:
             if p not in kept and p != final:
                 shutil.rmtree(p, ignore_errors=True)

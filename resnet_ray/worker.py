@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import console, testhooks
-from .checkpoints import (SCORE, LocalCheckpoints, RayCheckpoints, restore_checkpoint,
+from .checkpoints import (LocalCheckpoints, RayCheckpoints, restore_checkpoint,
                           save_checkpoint)
 from .config import TrainConfig, is_remote
 from .folders import ValidationStream
@@ -160,7 +160,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         logging.getLogger("ray.train").setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    store = LocalCheckpoints(cfg.run_dir, cfg.keep_checkpoints, loop_config.get("score", SCORE)) \
+    store = LocalCheckpoints(cfg.run_dir, cfg.keep_checkpoints, loop_config["score"]) \
         if local else RayCheckpoints()
     keras.utils.set_random_seed(cfg.seed)
 
