@@ -19,6 +19,10 @@ class ModelDirError(UserError):
     """An exported model directory is missing, incomplete or inconsistent."""
 
 
+class ClusterError(UserError):
+    """The Ray cluster named by RAY_ADDRESS cannot be joined."""
+
+
 class RunFailed(Exception):
     """A training or tuning run failed beyond its retries; its checkpoints are kept."""
 

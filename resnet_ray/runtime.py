@@ -54,17 +54,21 @@ def init_ray(address: str | None = None) -> bool:
     import ray
 
     from . import console
+    from .errors import ClusterError
 
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
+    shown = f"RAY_ADDRESS {address}"
     if not address and CURRENT_CLUSTER_FILE.exists():
         # Ray's state API, which Train uses to watch its controller, asks the cluster named
         # in this file: a live one is joined (two clusters on one host answer each other's
         # queries); a stale one would hang ray.init() and that watcher, so it is removed.
         current = CURRENT_CLUSTER_FILE.read_text().strip()
         if _reachable(current):
-            address = current
+            # "auto" is that same cluster; unlike its address, it also takes up the token a
+            # cluster with token authentication wrote on this machine.
+            address, shown = "auto", f"the Ray cluster at {current} (started by `ray start`)"
             print(f"joining the Ray cluster already running at {current}", file=sys.stderr)
         else:
             CURRENT_CLUSTER_FILE.unlink(missing_ok=True)
@@ -73,7 +77,14 @@ def init_ray(address: str | None = None) -> bool:
         if address:
             # A job already carries its runtime_env (cluster/runtime_env.yaml); another one
             # here would conflict with it. Train workers get WORKER_ENV_VARS from the trainer.
-            context = ray.init(address=address, **quiet)
+            try:
+                context = ray.init(address=address, **quiet)
+            except ConnectionError as exc:
+                first = str(exc).strip().splitlines()[0]
+                raise ClusterError(
+                    f"{shown}: cannot join it ({first}); for a "
+                    f"cluster with token authentication set RAY_AUTH_MODE=token, with its "
+                    f"token in ~/.ray/auth_token or RAY_AUTH_TOKEN") from None
         else:
             # Loopback only: Ray's APIs run arbitrary code for anyone who reaches them.
             context = ray.init(address="local", runtime_env={"env_vars": worker_env_vars()},

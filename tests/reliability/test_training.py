@@ -91,7 +91,8 @@ def _kill_what_the_lost_machine_ran():
 
 def test_killed_driver_then_rerun_resumes(private_ray, synth_dir, tmp_path):
     """The re-run also asks for one epoch more than the killed run: a longer re-run resumes
-    too (the config may change its epochs)."""
+    too (the config may change its epochs). It joins a cluster that `ray start` started, as a
+    user's next step would be; Ray 2.60 starts one with token authentication."""
     args = ["train", "--data", synth_dir, "--model", "tiny", "--num-workers", 2,
             "--storage", tmp_path / "runs", "--name", "driver", "--export", tmp_path / "model"]
     epochs, run_dir = 5, tmp_path / "runs" / "driver"
@@ -110,8 +111,15 @@ def test_killed_driver_then_rerun_resumes(private_ray, synth_dir, tmp_path):
     before = _reports(run_dir)
     assert max(r["epoch"] for r in before) < epochs - 1, "finished before the kill"
 
-    again = run_cli(*args, "--epochs", epochs, timeout=900)
+    ray = Path(sys.executable).with_name("ray")
+    subprocess.run([ray, "start", "--head", "--num-cpus", "2",
+                    "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
+    try:
+        again = run_cli(*args, "--epochs", epochs, timeout=900)
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]
+    assert "joining the Ray cluster already running at " in again.stderr
     assert "resumed from" in again.stdout, again.stdout[-2000:]
     # Quiet by default: where the logs are, then progress and results, none of Ray's or
     # TensorFlow's own lines (a fresh local Ray and TensorFlow print plenty).
