@@ -92,12 +92,16 @@ class TrainProgress:
         for event in events:
             self._show(event)
 
+    def note(self, line: str) -> None:
+        """A line above the bar (or alone, before the bar is drawn)."""
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
     def _show(self, event: dict[str, Any]) -> None:
         if "note" in event:
-            if self.bar is not None:
-                self.bar.write(event["note"])
-            else:
-                print(event["note"], flush=True)
+            self.note(event["note"])
             return
         if not self.interactive:
             if "metrics" in event:

@@ -168,6 +168,7 @@ def _fit(cfg: TrainConfig, train, val, quiet: bool):
     import ray.train
 
     from .progress import TrainProgress
+    from .waiting import PlacementWatch
 
     local = cfg.num_workers == 0
     if not local:
@@ -181,8 +182,10 @@ def _fit(cfg: TrainConfig, train, val, quiet: bool):
         cfg.epochs, len(train) // cfg.update_batch_size)
     if isinstance(train, folders.FolderSplit):
         folders.count_skipped(train.data, cfg.strict)
+    say = progress.note if progress else lambda line: print(line, flush=True)
     try:
-        with progress or contextlib.nullcontext():
+        with progress or contextlib.nullcontext(), \
+                contextlib.nullcontext() if local else PlacementWatch(say):
             return build_trainer(cfg, (train, val), board=progress and progress.board).fit()
     except ray.train.TrainingFailedError as exc:
         raise RunFailed(f"training run {cfg.run_dir} failed beyond --max-failures "

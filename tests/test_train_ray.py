@@ -1,12 +1,18 @@
 """Ray Train: 2 workers, identical replicas, export, resume, worker failure recovery."""
 
+import contextlib
+import io
 import json
 import os
+import re
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from resnet_ray import waiting
 from resnet_ray.config import TrainConfig
 from resnet_ray.layout import choose_layout
 from resnet_ray.modeldir import load_model_dir
@@ -28,15 +34,68 @@ def _config(synth_dir, tmp_path, **overrides):
     return TrainConfig(**values)
 
 
+@contextlib.contextmanager
+def one_cpu_held_until_a_run_waits(waited_s: float):
+    """A placement group holds one of the cluster's two CPUs, as one left by an interrupted
+    run does, and lets it go once another group has waited `waited_s` to be placed."""
+    import ray
+    from ray.util.placement_group import (placement_group, placement_group_table,
+                                          remove_placement_group)
+
+    held = placement_group([{"CPU": 1}])
+    ray.get(held.ready())
+
+    def release():
+        since = None
+        while since is None or time.monotonic() - since < waited_s:
+            time.sleep(0.2)
+            if since is None and any(i["state"] == "PENDING"
+                                     for i in placement_group_table().values()):
+                since = time.monotonic()
+        remove_placement_group(held)
+
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join(timeout=1)
+        remove_placement_group(held)
+
+
 @pytest.fixture(scope="module")
 def two_worker_run(ray_cluster, synth_dir, tmp_path_factory):
+    """Two workers, 2 epochs; they first wait for a CPU that another placement group holds."""
     tmp_path = tmp_path_factory.mktemp("two")
     cfg = _config(synth_dir, tmp_path)
-    return cfg, run_training(cfg, quiet=True)
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, one_cpu_held_until_a_run_waits(4.0), \
+            contextlib.redirect_stdout(out):
+        mp.setattr(waiting, "WAIT_S", 1.0)
+        mp.setattr(waiting, "POLL_S", 0.5)
+        result = run_training(cfg, quiet=True)
+    return cfg, result, out.getvalue()
+
+
+def test_a_run_that_cannot_place_its_workers_says_what_it_waits_for(two_worker_run):
+    lines = [line for line in two_worker_run[2].splitlines() if line.startswith("waiting")]
+    assert len(lines) == 1, two_worker_run[2]
+    assert re.match(r"waiting for the cluster to place 2 worker\(s\) of 1 CPU: [\d.]+ of 2 "
+                    r"CPUs are free\. The run starts when they are free", lines[0]), lines[0]
+
+
+def test_the_wait_line_names_cpus_that_other_jobs_hold():
+    table = {"aa01000000": {"state": "PENDING", "bundles": {0: {"CPU": 1.0}, 1: {"CPU": 1.0}}},
+             "bb02000000": {"state": "CREATED", "bundles": {0: {"CPU": 1.0}}},
+             "cc02000000": {"state": "REMOVED", "bundles": {0: {"CPU": 2.0}}}}
+    line = waiting.pending_line(table, "01000000", {"CPU": 1.0}, {"CPU": 2.0})
+    assert line.startswith("waiting for the cluster to place 2 worker(s) of 1 CPU: 1 of 2 CPUs "
+                           "are free; placement groups of other jobs hold 1 CPUs (see docs")
+    assert waiting.pending_line(table, "02000000", {}, {}) is None  # nothing of its own waits
 
 
 def test_two_workers_train_and_export(two_worker_run):
-    cfg, result = two_worker_run
+    cfg, result, _ = two_worker_run
     assert result.metrics["epoch"] == 2 and result.metrics["world_size"] == 2
     model, meta = load_model_dir(cfg.export)
     assert meta["config"]["num_workers"] == 2 and meta["classes"] == cfg.classes
@@ -52,7 +111,7 @@ def test_export_scores_the_held_out_test_file_and_records_the_split(two_worker_r
     from resnet_ray.data import load_data_dir
     from resnet_ray.evaluate import evaluate
 
-    cfg, _ = two_worker_run
+    cfg, _, _ = two_worker_run
     _, meta = load_model_dir(cfg.export)
     train, test = load_data_dir(cfg.data)
     split = meta["data"]
@@ -65,7 +124,7 @@ def test_export_scores_the_held_out_test_file_and_records_the_split(two_worker_r
 
 
 def test_every_epoch_reports_metrics_and_replicas_stay_identical(two_worker_run):
-    cfg, _ = two_worker_run
+    cfg, _, _ = two_worker_run
     reports = _reports(cfg.run_dir)
     for epoch in (1, 2):
         at = [r for r in reports if r["epoch"] == epoch]
@@ -79,7 +138,7 @@ def test_every_epoch_reports_metrics_and_replicas_stay_identical(two_worker_run)
 def test_rerun_of_a_finished_run_trains_nothing_more_and_exports(two_worker_run, tmp_path,
                                                                     cli):
     """(A re-run that asks for more epochs resumes: tests/reliability/test_training.py.)"""
-    cfg, _ = two_worker_run
+    cfg, _, _ = two_worker_run
     reports = _reports(cfg.run_dir)
     proc = cli("train", "--data", cfg.data, "--model", cfg.model, "--epochs", cfg.epochs,
                "--num-workers", cfg.num_workers, "--storage", cfg.storage, "--name", cfg.name,
@@ -94,7 +153,7 @@ def test_rerun_of_a_finished_run_trains_nothing_more_and_exports(two_worker_run,
 def test_one_and_two_workers_learn_alike(two_worker_run, tiny_model_dir, synth_dir, tmp_path):
     from resnet_ray.checkpoints import CONFIG_FILE, checkpoint_score, complete_checkpoints
 
-    two, result = two_worker_run
+    two, result, _ = two_worker_run
     # Plain Keras in this process: the session's tiny model is that run (num_workers 0).
     plain_dir = tiny_model_dir.parent / "runs" / "tiny"
     plain = TrainConfig.load(plain_dir / CONFIG_FILE)
