@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from . import console
 
@@ -50,6 +50,27 @@ def _bar(total: int, desc: str, unit: str, initial: int = 0):
                            "[{elapsed}<{remaining}{postfix}]")
 
 
+class Ticker:
+    """Calls `tick` every `interval_s` on a thread of its own, from the `with` to its end."""
+
+    def __init__(self, tick: Callable[[], None], interval_s: float):
+        self.tick, self.interval_s = tick, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.tick()
+
+
 class TrainProgress:
     """The driver's view of one Train run: polls the board while `fit()` runs."""
 
@@ -58,18 +79,16 @@ class TrainProgress:
         self.board = make_board()
         self.interactive = console.interactive()
         self.bar = None  # drawn from the first step on, so that start-up does not skew the ETA
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._poller = Ticker(self._draw, POLL_S)
 
     def __enter__(self):
-        self._thread.start()
+        self._poller.__enter__()
         return self
 
     def __exit__(self, *exc):
         import ray
 
-        self._stop.set()
-        self._thread.join()
+        self._poller.__exit__(*exc)
         self._draw()  # what arrived after the last poll
         if self.bar is not None:
             self.bar.close()
@@ -77,10 +96,6 @@ class TrainProgress:
             ray.kill(self.board)
         except Exception:  # gone with the cluster
             pass
-
-    def _poll(self) -> None:
-        while not self._stop.wait(POLL_S):
-            self._draw()
 
     def _draw(self) -> None:
         import ray

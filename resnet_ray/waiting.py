@@ -7,9 +7,10 @@ right; on a full one, the user should see what the run waits for and what holds 
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, Callable
+
+from .progress import Ticker
 
 WAIT_S = 30.0  # a worker group that starts normally is placed well within this
 POLL_S = 5.0
@@ -41,41 +42,30 @@ def pending_line(table: dict[str, dict[str, Any]], job_id: str, free: dict[str, 
     return line + ". The run starts when they are free; until then, Ctrl-C three times stops it."
 
 
-class PlacementWatch:
+class PlacementWatch(Ticker):
     """While a run is fitted: checks every `poll_s` whether this job's workers wait to be
     placed, and says so through `say` once they have waited `wait_s` (once per wait)."""
 
     def __init__(self, say: Callable[[str], None], wait_s: float | None = None,
                  poll_s: float | None = None, probe: Callable[[], str | None] | None = None):
+        super().__init__(self._check, POLL_S if poll_s is None else poll_s)
         self.say = say
         self.wait_s = WAIT_S if wait_s is None else wait_s
-        self.poll_s = POLL_S if poll_s is None else poll_s
         self.probe = probe or _probe_cluster
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._since, self._said = None, False
 
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def _watch(self) -> None:
-        since, said = None, False
-        while not self._stop.wait(self.poll_s):
-            try:
-                line = self.probe()
-            except Exception:  # the cluster is going away with the run; the run says why
-                line = None
-            if not line:
-                since, said = None, False
-                continue
-            since = since or time.monotonic()
-            if not said and time.monotonic() - since >= self.wait_s:
-                self.say(line)
-                said = True
+    def _check(self) -> None:
+        try:
+            line = self.probe()
+        except Exception:  # the cluster is going away with the run; the run says why
+            line = None
+        if not line:
+            self._since, self._said = None, False
+            return
+        self._since = self._since or time.monotonic()
+        if not self._said and time.monotonic() - self._since >= self.wait_s:
+            self.say(line)
+            self._said = True
 
 
 def _probe_cluster() -> str | None:
