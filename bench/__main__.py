@@ -1,4 +1,4 @@
-"""python -m bench all|train|scaling|compute|serve|tune|accuracy|ingest|cv [--quick] [--out-dir bench/results]
+"""python -m bench all|train|scaling|compute|serve|soak|tune|accuracy|ingest|cv [--quick] [--out-dir bench/results]
 [--run RUN_DIR] [--data DIR] [PART'S OWN FLAGS]: the project's benchmarks, one part or all.
 
 Each part writes <out-dir>/<part>-<date>[-quick].json and a markdown table beside it, and
@@ -14,12 +14,13 @@ import time
 from datetime import date
 from pathlib import Path
 
-from . import (compute, cv, ingest, scaling, serve_load, time_to_accuracy, train_overhead,
-               tune_asha)
+from . import (compute, cv, ingest, scaling, serve_load, soak, time_to_accuracy,
+               train_overhead, tune_asha)
 
 PARTS = {"train": ("train-overhead", train_overhead.main), "scaling": ("scaling", scaling.main),
          "compute": ("compute", compute.main),
-         "serve": ("serve", serve_load.main), "tune": ("tune", tune_asha.main),
+         "serve": ("serve", serve_load.main), "soak": ("soak", soak.main),
+         "tune": ("tune", tune_asha.main),
          "accuracy": ("time-to-accuracy", time_to_accuracy.main),
          "ingest": ("ingest", ingest.main), "cv": ("cv", cv.main)}
 

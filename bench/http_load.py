@@ -40,10 +40,14 @@ def hey(url: str, body: Path, ctype: str, concurrency: int, seconds: float) -> d
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     codes = {int(c): int(n) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
+    # Requests that got no HTTP answer at all (refused, reset, timed out), by hey's message.
+    failed = out.partition("Error distribution:")[2]
+    unanswered = {m: int(n) for n, m in re.findall(r"\[(\d+)\]\t(.+)", failed)}
     # hey prints a percentile only once it has enough requests for it (100 for p99).
     ms = {p: float(v) * 1000 for p, v in re.findall(r"(\d+)%+ in ([\d.]+) secs", out)}
-    total = sum(codes.values())
+    total = sum(codes.values()) + sum(unanswered.values())
     return {"concurrency": concurrency, "requests": total, "errors": total - codes.get(200, 0),
+            "codes": codes, "unanswered": unanswered,
             "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
             "p50_ms": ms.get("50"), "p95_ms": ms.get("95"), "p99_ms": ms.get("99"),
             "client_cpu_share": cpu / wall / os.cpu_count()}

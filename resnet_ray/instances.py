@@ -109,21 +109,26 @@ def _integer_pixels(body: bytes, shape: tuple[int, ...]) -> np.ndarray | None:
             break
     else:
         return None
-    # Each space must follow its comma directly (a space between digits is not JSON).
-    if sep == b", " and text.count(sep) != skeleton.count(sep):
-        return None
-    # What is left between the commas is one run of digits per pixel value.
-    chars = np.frombuffer(text.translate(None, b"[] "), np.uint8)
+    # What is left between the separators is one run of one to three digits per pixel value.
+    chars = np.frombuffer(text.translate(None, b"[]"), np.uint8)
     commas = np.flatnonzero(chars == ord(","))
-    starts, ends = np.r_[0, commas + 1], np.r_[commas, len(chars)]
-    lengths = ends - starts
+    ends = np.append(commas, len(chars))
+    lengths = ends.copy()
+    lengths[1:] -= commas + len(sep)
     if lengths.min() < 1 or lengths.max() > 3:
         return None
-    if ((chars[starts] == ord("0")) & (lengths > 1)).any():  # a leading zero is not JSON
+    # Each space must follow its comma directly (a space between digits is not JSON).
+    if sep == b", " and not (chars[commas + 1] == ord(" ")).all():
         return None
-    digits = chars.astype(np.int16) - ord("0")
-    values = digits[ends - 1] + np.where(lengths > 1, digits[ends - 2] * 10, 0) + \
-        np.where(lengths > 2, digits[ends - 3] * 100, 0)
+    digits = chars - np.uint8(ord("0"))
+    digits *= digits < 10  # separators count as 0 below; two more zeros in front of the first value
+    padded = np.zeros(len(digits) + 2, np.uint16)
+    padded[2:] = digits
+    ends += 2
+    if ((padded[ends - lengths] == 0) & (lengths > 1)).any():  # a leading zero is not JSON
+        return None
+    values = padded[ends - 1] + padded[ends - 2] * np.uint16(10) + \
+        padded[ends - 3] * np.uint16(100) * (lengths > 2)
     if values.max() > 255:
         return None
     return values.astype(np.uint8).reshape(count, *shape)

@@ -20,11 +20,17 @@ def _cpus(info: dict[str, Any]) -> float:
     return sum(float(b.get("CPU", 0)) for b in info["bundles"].values())
 
 
+def made_by(pg_id: str, job_id: str) -> bool:
+    """Whether the placement group of that hex id was made by that job: Ray ends a group's
+    id with the id of its job."""
+    return pg_id.endswith(job_id)
+
+
 def pending_line(table: dict[str, dict[str, Any]], job_id: str, free: dict[str, float],
                  total: dict[str, float]) -> str | None:
-    """What this job waits for, from Ray's placement group table (a group's id ends with the
-    id of the job that made it), or None when none of its groups is pending."""
-    pending = [i for g, i in table.items() if i["state"] == "PENDING" and g.endswith(job_id)]
+    """What this job waits for, from Ray's placement group table, or None when none of its
+    groups is pending."""
+    pending = [i for g, i in table.items() if i["state"] == "PENDING" and made_by(g, job_id)]
     if not pending:
         return None
     bundles = [b for info in pending for b in info["bundles"].values()]
@@ -34,7 +40,7 @@ def pending_line(table: dict[str, dict[str, Any]], job_id: str, free: dict[str, 
             f"{' or '.join(shapes)}: {free.get('CPU', 0.0):g} of {total.get('CPU', 0.0):g} "
             f"CPUs are free")
     held = sum(_cpus(i) for g, i in table.items()
-               if i["state"] == "CREATED" and not g.endswith(job_id))
+               if i["state"] == "CREATED" and not made_by(g, job_id))
     if held:
         line += (f"; placement groups of other jobs hold {held:g} CPUs (see docs/training.md, "
                  f"\"Waiting for workers\")")

@@ -211,9 +211,11 @@ def release_orphaned_placement_groups():
     from ray.util.placement_group import (PlacementGroup, placement_group_table,
                                           remove_placement_group)
 
+    from resnet_ray.waiting import made_by
+
     ours = ray.get_runtime_context().get_job_id()
     for pg_id, info in placement_group_table().items():
-        if info["state"] == "CREATED" and not pg_id.endswith(ours):  # an id ends with its job's
+        if info["state"] == "CREATED" and not made_by(pg_id, ours):
             remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
 
 

@@ -66,6 +66,14 @@ def test_bench_all_quick_writes_every_part(private_ray, tmp_path):
     assert serve["summary"]["tf_batching_on_vs_off_c32"] > 0 and "cores" in serve["machine"]
     assert "| in process |" in next(tmp_path.glob("serve-*-quick.md")).read_text()
 
+    # The user's own `resnet-ray serve` under load: every minute's answers and replica memory.
+    soak = json.loads(next(tmp_path.glob("soak-*-quick.json")).read_text())
+    assert [r["minute"] for r in soak["minutes"]] == [1, 2] and soak["ingress"] == "proxy"
+    assert soak["summary"]["codes"].get("200", 0) > 0 and soak["summary"]["unanswered"] == 0
+    assert all(r["rss_mb"] > 100 for r in [soak["warmup"], *soak["minutes"]])
+    assert soak["summary"]["rss_growth_mb"] == soak["minutes"][-1]["rss_mb"] - \
+        soak["warmup"]["rss_mb"]
+
     comp = json.loads(next(tmp_path.glob("compute-*-quick.json")).read_text())
     assert comp["forward_flops_per_image"]["total"] > 0 and comp["cpu"]["peak_gflops"] > 0
     assert [(r["mode"].split()[0], r["onednn"]) for r in comp["rows"]] == [
@@ -111,7 +119,7 @@ def test_bench_all_quick_writes_every_part(private_ray, tmp_path):
                for r in ("0", "1"))
 
     combined = json.loads(next(tmp_path.glob("2*-quick.json")).read_text())
-    assert list(combined["parts"]) == ["train", "scaling", "compute", "serve", "tune",
+    assert list(combined["parts"]) == ["train", "scaling", "compute", "serve", "soak", "tune",
                                        "accuracy", "ingest", "cv"]
     assert combined["parts"]["tune"] == {**tune, "bench_s": combined["parts"]["tune"]["bench_s"]}
     assert "## serve" in next(tmp_path.glob("2*-quick.md")).read_text()

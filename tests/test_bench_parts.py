@@ -84,7 +84,8 @@ def test_serve_ratios_compare_like_with_like():
     def setting(name, c32, c1_p50=10.0, json=None):
         rows = [{"images": 1, "concurrency": 32, "images_per_s": c32},
                 {"images": 1, "concurrency": 1, "images_per_s": 5, "p50_ms": c1_p50}]
-        rows += [{"images": 32, "concurrency": 1, "images_per_s": json}] if json else []
+        rows += [{"images": 32, "concurrency": c, "images_per_s": json * c ** 0.5}
+                 for c in (1, 2)] if json else []
         return {"name": name, "rows": rows}
 
     settings = [setting("tf, proxy (the old defaults)", 30), setting("tf, proxy, batching off", 10),
@@ -103,6 +104,7 @@ def test_serve_ratios_compare_like_with_like():
     assert s["tf_batcher_vs_serve_batch_c32"] == pytest.approx(1.5)
     assert s["openvino_batcher_vs_serve_batch_c32"] == pytest.approx(1.5)
     assert s["tf_json32_vs_in_process"] == pytest.approx(0.8)
+    assert s["tf_json32_c2_vs_in_process"] == pytest.approx(0.8 * 2 ** 0.5)
     assert s["openvino_http_c32_vs_tf_in_process"] == pytest.approx(1.2)
     assert s["default_ingress_http_c32_vs_tf_in_process"] == pytest.approx(0.7)
     assert (s["openvino_p50_ms_c1"], s["default_ingress_p50_ms_c1"]) == (9.0, 18.0)
@@ -132,3 +134,19 @@ def test_one_part_takes_its_own_flags_and_all_refuses_them(monkeypatch, tmp_path
     with pytest.raises(SystemExit) as exc:
         bench_main.main(["all", "--folds", "5"])
     assert exc.value.code == 2 and "--folds 5" in capsys.readouterr().err
+
+
+def test_soak_counts_every_error_but_503_and_memory_from_after_the_warm_up():
+    from bench.soak import summarize
+
+    def minute(codes, unanswered, rss):
+        return {"requests": sum(codes.values()) + sum(unanswered.values()), "codes": codes,
+                "unanswered": unanswered, "rss_mb": rss, "requests_per_s": 10.0}
+
+    warm = minute({200: 5}, {}, 900.0)
+    rows = [minute({200: 8, 503: 2}, {}, 950.0),
+            minute({200: 7, 500: 1}, {"connection reset": 2}, 930.0)]
+    s = summarize(warm, rows)
+    assert s["codes"] == {"200": 15, "503": 2, "500": 1} and s["unanswered"] == 2
+    assert s["errors_other_than_503"] == 3 and s["requests"] == 20
+    assert (s["rss_growth_mb"], s["rss_max_mb"]) == (30.0, 950.0)

@@ -44,8 +44,8 @@ def test_other_spacing_is_read_by_json(pixels):
     assert parse_instances(_one(pixels), (1, 1, 3), 8)[0].tolist() == [[[1, 2, 3]]]
 
 
-@pytest.mark.parametrize("pixels", ["[1, 5 2]", "[1, 02, 3]", "[1, 2, 256]", "[1, 2, 3,]",
-                                    "[, 12, 3]", "[1, 2, -3]"])
+@pytest.mark.parametrize("pixels", ["[1, 5 2]", "[1,5 2, 3]", "[1, 02, 3]", "[1, 2, 256]",
+                                    "[1, 2, 3,]", "[, 12, 3]", "[1, 2, -3]", "[1, 2, 1000]"])
 def test_near_misses_get_the_error_json_gives_them(pixels):
     assert _integer_pixels(_one(pixels), (1, 1, 3)) is None
     with pytest.raises(HTTPError) as exc:
