@@ -119,10 +119,16 @@ def main(argv: list[str] | None = None) -> None:
         model_dir = args.model_dir or _untrained(tmp, "tiny" if args.quick else "resnet50")
         png, _ = payloads(tmp, (64, 64, 3))
         # Its own session, so that stopping it reaches Ray's processes too.
-        server = subprocess.Popen([str(cli), "serve", model_dir, "--port", str(PORT),
-                                   "--ingress", args.ingress], start_new_session=True,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = wait_ready([f"http://127.0.0.1:{PORT}"], timeout=300)
+        log = tmp / "serve.log"
+        with open(log, "w") as out_file:
+            server = subprocess.Popen([str(cli), "serve", model_dir, "--port", str(PORT),
+                                       "--ingress", args.ingress], start_new_session=True,
+                                      stdout=out_file, stderr=subprocess.STDOUT)
+        try:
+            url = wait_ready([f"http://127.0.0.1:{PORT}"], timeout=300)
+        except TimeoutError:
+            sys.exit(f"bench soak: `resnet-ray serve` did not answer; its output:\n"
+                     f"{log.read_text()[-3000:]}")
         warm, rows = soak(url, png, args.concurrency, slices, slice_s, warmup_s)
     finally:
         if server is not None:
