@@ -61,15 +61,14 @@ def summarize(warm: dict, rows: list[dict]) -> dict:
     for r in rows:
         for code, n in r["codes"].items():
             codes[str(code)] = codes.get(str(code), 0) + n
+    unanswered = sum(sum(r["unanswered"].values()) for r in rows)
     return {"requests": sum(r["requests"] for r in rows), "codes": codes,
-            "unanswered": sum(sum(r["unanswered"].values()) for r in rows),
-            "errors_other_than_503": sum(n for c, n in codes.items() if c not in ("200", "503"))
-            + sum(sum(r["unanswered"].values()) for r in rows),
+            "unanswered": unanswered,
+            "errors_other_than_503": unanswered + sum(
+                n for c, n in codes.items() if c not in ("200", "503")),
             "rss_after_warmup_mb": warm["rss_mb"], "rss_end_mb": rows[-1]["rss_mb"],
             "rss_max_mb": max(r["rss_mb"] for r in rows),
-            "rss_growth_mb": rows[-1]["rss_mb"] - warm["rss_mb"],
-            "images_per_s_first": rows[0]["requests_per_s"],
-            "images_per_s_last": rows[-1]["requests_per_s"]}
+            "rss_growth_mb": rows[-1]["rss_mb"] - warm["rss_mb"]}
 
 
 def markdown(report: dict) -> str:
