@@ -82,3 +82,15 @@ def train_command(data: str, storage: str, name: str, export: str, model: str, e
     return {"command": "resnet-ray " + " ".join(cmd[3:]), "start": start, "seconds": seconds,
             "stdout": proc.stdout.splitlines(), "images": test["images"],
             "right": round(test["accuracy"] * test["images"]), "accuracy": test["accuracy"]}
+
+
+def untrained_model_dir(tmp: Path, model_name: str) -> str:
+    """A model directory of the untrained model, as `export` writes one: the speed benches'
+    default, since speed does not depend on the weights."""
+    from resnet_ray.model import build_model
+    from resnet_ray.modeldir import save_model_dir
+
+    path = tmp / model_name
+    save_model_dir(build_model(model_name), path,
+                   {"classes": [0, 1, 2, 3, 4, 5], "config": {}, "metrics": {}})
+    return str(path)

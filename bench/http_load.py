@@ -53,11 +53,15 @@ def hey(url: str, body: Path, ctype: str, concurrency: int, seconds: float) -> d
             "client_cpu_share": cpu / wall / os.cpu_count()}
 
 
-def wait_ready(urls: list[str], timeout: float = 120) -> str:
+def wait_ready(urls: list[str], timeout: float = 120, alive=None) -> str:
     """The first of `urls` whose /healthz answers. A replica whose direct-ingress port is
-    still held by the last setting's closing connections (TIME_WAIT) takes the next port."""
+    still held by the last setting's closing connections (TIME_WAIT) takes the next port.
+    `alive()`, when given, says whether the server is still running: once it is not, waiting
+    ends with a RuntimeError rather than at the timeout."""
     deadline = time.time() + timeout
     while True:
+        if alive is not None and not alive():
+            raise RuntimeError(f"the server for {urls[0]} exited before it answered")
         for url in urls:
             try:
                 urllib.request.urlopen(f"{url}/healthz", timeout=2).read()

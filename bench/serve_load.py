@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import machine, result_path, write_report
+from .common import machine, result_path, untrained_model_dir, write_report
 from .http_load import ensure_hey, hey, payloads, wait_ready
 
 DIRECT_PORT = 30000  # Serve's first direct-ingress port (RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT)
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     ray.shutdown()  # a cluster an earlier part started here would be joined, not started
     tmp = Path(tempfile.mkdtemp())
     try:
-        model_dir = args.model_dir or _untrained(tmp, "tiny" if args.quick else "resnet50")
+        model_dir = args.model_dir or untrained_model_dir(tmp, "tiny" if args.quick else "resnet50")
         if args.test_data and not args.quick:
             from resnet_ray.backends import quantize
             quantize(model_dir, Path(args.test_data).with_name("train_signs.h5"))
@@ -311,16 +311,6 @@ def _run_one(name, spec, model_dir, png, js, seconds) -> dict:
     print(json.dumps({k: result[k] for k in ("name", "backend", "mean_batch", "rows")}),
           flush=True)
     return result
-
-
-def _untrained(tmp: Path, model_name: str) -> str:
-    from resnet_ray.model import build_model
-    from resnet_ray.modeldir import save_model_dir
-
-    path = tmp / model_name
-    save_model_dir(build_model(model_name), path,
-                   {"classes": [0, 1, 2, 3, 4, 5], "config": {}, "metrics": {}})
-    return str(path)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ from datetime import date
 from pathlib import Path
 
 from .common import machine, result_path, write_report
+from .common import untrained_model_dir
 from .http_load import ensure_hey, hey, payloads, wait_ready
-from .serve_load import _untrained
 
 PORT = 8012
 
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     cli = Path(sys.executable).with_name("resnet-ray")
     server = None
     try:
-        model_dir = args.model_dir or _untrained(tmp, "tiny" if args.quick else "resnet50")
+        model_dir = args.model_dir or untrained_model_dir(tmp, "tiny" if args.quick else "resnet50")
         png, _ = payloads(tmp, (64, 64, 3))
         # Its own session, so that stopping it reaches Ray's processes too.
         log = tmp / "serve.log"
@@ -124,8 +124,9 @@ def main(argv: list[str] | None = None) -> None:
                                        "--ingress", args.ingress], start_new_session=True,
                                       stdout=out_file, stderr=subprocess.STDOUT)
         try:
-            url = wait_ready([f"http://127.0.0.1:{PORT}"], timeout=300)
-        except TimeoutError:
+            url = wait_ready([f"http://127.0.0.1:{PORT}"], timeout=300,
+                             alive=lambda: server.poll() is None)
+        except (TimeoutError, RuntimeError):
             sys.exit(f"bench soak: `resnet-ray serve` did not answer; its output:\n"
                      f"{log.read_text()[-3000:]}")
         warm, rows = soak(url, png, args.concurrency, slices, slice_s, warmup_s)

@@ -150,3 +150,11 @@ def test_soak_counts_every_error_but_503_and_memory_from_after_the_warm_up():
     assert s["codes"] == {"200": 15, "503": 2, "500": 1} and s["unanswered"] == 2
     assert s["errors_other_than_503"] == 3 and s["requests"] == 20
     assert (s["rss_growth_mb"], s["rss_max_mb"]) == (30.0, 950.0)
+
+
+def test_waiting_for_a_server_ends_as_soon_as_it_has_exited():
+    from bench.http_load import wait_ready
+
+    # Without `alive`, this wait would end in a TimeoutError after 30 s.
+    with pytest.raises(RuntimeError, match="exited before it answered"):
+        wait_ready(["http://127.0.0.1:9"], timeout=30, alive=lambda: False)
