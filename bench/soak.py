@@ -26,8 +26,7 @@ import urllib.request
 from datetime import date
 from pathlib import Path
 
-from .common import machine, result_path, write_report
-from .common import untrained_model_dir
+from .common import machine, result_path, untrained_model_dir, write_report
 from .http_load import ensure_hey, hey, payloads, wait_ready
 
 PORT = 8012
