@@ -55,8 +55,7 @@ SETTINGS = [
     ("+ OpenVINO backend", {"backend": "openvino", "concurrency": [1, 8, 32], "json": True}),
     ("~ batching off", {"max_batch_size": 1}),
     ("~ Ray's @serve.batch", {"ray_batch": True}),
-    ("~ Ray's proxy (the default ingress)", {"ingress": "proxy", "concurrency": [1, 8, 32],
-                                             "json": True}),
+    ("~ Ray's proxy", {"ingress": "proxy", "concurrency": [1, 8, 32], "json": True}),
     ("~ direct ingress (replica port)", {"ingress": "direct"}),
     ("~ wait 2 ms", {"wait_s": 0.002}),
     ("~ max batch 8", {"max_batch_size": 8}),
@@ -70,8 +69,11 @@ QUICK = [("tf, proxy (the old defaults)", {"concurrency": [1, 8, 32]}),
 def run_setting(spec: dict, model_dir: str, png: Path, js: Path, seconds: float) -> dict:
     """In a fresh process (`--one`): start Ray with the setting's environment, serve, load."""
     os.environ.update(spec["env"])
+    guard = None
     if spec["ingress"] == "haproxy":
-        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        from resnet_ray.serve_run import choose_ingress
+
+        guard = choose_ingress("haproxy")  # as `resnet-ray serve` runs it, behind the guard
     if spec["ingress"] == "direct":
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
     from ray import serve
@@ -106,6 +108,8 @@ def run_setting(spec: dict, model_dir: str, png: Path, js: Path, seconds: float)
     for r in rows:
         r["images_per_s"] = r["requests_per_s"] * r["images"]
     serve.shutdown()
+    if guard:
+        shutil.rmtree(guard, ignore_errors=True)
     return {"rows": rows, "backend": meta["backend"],
             "mean_batch": sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values()))}
 
@@ -201,9 +205,9 @@ def summarize(settings: list[dict], local: list[dict]) -> dict:
             "tf_json32_c2_vs_in_process": rate("+ HAProxy ingress", images=32, c=2) / tf32,
             "openvino_http_c32_vs_tf_in_process": rate("+ OpenVINO backend") / tf32,
             "openvino_p50_ms_c1": row("+ OpenVINO backend", 1)["p50_ms"],
-            "default_ingress_http_c32_vs_tf_in_process":
-                rate("~ Ray's proxy (the default ingress)") / tf32,
-            "default_ingress_p50_ms_c1": row("~ Ray's proxy (the default ingress)", 1)["p50_ms"]})
+            "proxy_ingress_http_c32_vs_tf_in_process":
+                rate("~ Ray's proxy") / tf32,
+            "proxy_ingress_p50_ms_c1": row("~ Ray's proxy", 1)["p50_ms"]})
     else:
         out["tf_batching_on_vs_off_c32"] = rate(names[0]) / rate(names[1])
         out["tf_batcher_vs_serve_batch_c32"] = rate(names[0]) / rate(names[2])

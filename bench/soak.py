@@ -2,7 +2,7 @@
 auto, Ray's proxy), driven at a fixed concurrency for minutes by `hey`, one image per request.
 
 python -m bench.soak [--quick] [--minutes 10] [--concurrency 32] [--model-dir DIR]
-    [--ingress proxy|haproxy] [--out F]
+    [--ingress haproxy|proxy] [--out F]
 
 A first minute warms the replica up (its allocator and caches settle); after it, every minute
 records the answers by status, the requests that got no answer, the rate and latency, and the
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--model-dir", help="an exported model (default: an untrained one)")
-    parser.add_argument("--ingress", default="proxy", choices=["proxy", "haproxy"])
+    parser.add_argument("--ingress", default="haproxy", choices=["haproxy", "proxy"])
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     out = result_path(args.out, "soak", args.quick)

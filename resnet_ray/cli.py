@@ -164,10 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--port", type=int, default=8000)
     se.add_argument("--replicas", type=int, default=1)
     _add_backend_flag(se)
-    se.add_argument("--ingress", default="proxy", choices=["proxy", "haproxy"],
-                    help="who answers HTTP: Ray's Python proxy (default), or HAProxy straight "
-                         "to the replicas, 2-3x the throughput; its stats page and metrics "
-                         "port listen on all interfaces (docs/serving.md)")
+    se.add_argument("--ingress", default="haproxy", choices=["haproxy", "proxy"],
+                    help="who answers HTTP: HAProxy straight to the replicas (default; its "
+                         "stats page and metrics on 127.0.0.1 only), or Ray's Python proxy, "
+                         "a third to a half of the throughput (docs/serving.md)")
     se.add_argument("--access-log", action="store_true",
                     help="one log line per request in the replica's log (off: it costs CPU)")
     console.add_verbose_flag(se)

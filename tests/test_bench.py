@@ -68,7 +68,7 @@ def test_bench_all_quick_writes_every_part(private_ray, tmp_path):
 
     # The user's own `resnet-ray serve` under load: every minute's answers and replica memory.
     soak = json.loads(next(tmp_path.glob("soak-*-quick.json")).read_text())
-    assert [r["minute"] for r in soak["minutes"]] == [1, 2] and soak["ingress"] == "proxy"
+    assert [r["minute"] for r in soak["minutes"]] == [1, 2] and soak["ingress"] == "haproxy"
     assert soak["summary"]["codes"].get("200", 0) > 0 and soak["summary"]["unanswered"] == 0
     assert all(r["rss_mb"] > 100 for r in [soak["warmup"], *soak["minutes"]])
     assert soak["summary"]["rss_growth_mb"] == soak["minutes"][-1]["rss_mb"] - \

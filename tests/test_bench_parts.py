@@ -93,7 +93,7 @@ def test_serve_ratios_compare_like_with_like():
                 setting("~ batching off", 20),
                 setting("+ OpenVINO backend", 120, c1_p50=9.0), setting("~ batching off", 50),
                 setting("~ Ray's @serve.batch", 80),
-                setting("~ Ray's proxy (the default ingress)", 70, c1_p50=18.0)]
+                setting("~ Ray's proxy", 70, c1_p50=18.0)]
     local = [{"backend": "tf (f32)", "batch": 32, "images_per_s": 100},
              {"backend": "openvino (bf16)", "batch": 32, "images_per_s": 300},
              {"backend": "tf (f32)", "batch": 1, "images_per_s": 40}]
@@ -106,8 +106,8 @@ def test_serve_ratios_compare_like_with_like():
     assert s["tf_json32_vs_in_process"] == pytest.approx(0.8)
     assert s["tf_json32_c2_vs_in_process"] == pytest.approx(0.8 * 2 ** 0.5)
     assert s["openvino_http_c32_vs_tf_in_process"] == pytest.approx(1.2)
-    assert s["default_ingress_http_c32_vs_tf_in_process"] == pytest.approx(0.7)
-    assert (s["openvino_p50_ms_c1"], s["default_ingress_p50_ms_c1"]) == (9.0, 18.0)
+    assert s["proxy_ingress_http_c32_vs_tf_in_process"] == pytest.approx(0.7)
+    assert (s["openvino_p50_ms_c1"], s["proxy_ingress_p50_ms_c1"]) == (9.0, 18.0)
 
 def test_cv_folds_keep_groups_whole_and_classes_even():
     rng = np.random.default_rng(1)

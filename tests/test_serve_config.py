@@ -73,6 +73,8 @@ def test_serve_command_runs_in_the_foreground_and_stops_on_ctrl_c(private_ray, t
             pytest.fail("resnet-ray serve did not answer /healthz")
         assert httpx.get(f"http://127.0.0.1:{port}/metadata").json()["config"]["model"] == "tiny"
         _assert_loopback_only(proc.pid, port)
+        if ingress == "haproxy":
+            _assert_haproxy_is_private()
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
@@ -91,6 +93,68 @@ def _processes_named(name):
     import psutil
 
     return [p.info for p in psutil.process_iter(["pid", "name"]) if p.info["name"] == name]
+
+
+def _assert_haproxy_is_private():
+    """HAProxy's stats page and metrics port face this machine only; its admin socket is the
+    owner's (Serve's own config opens them to every interface and every local user)."""
+    import os
+
+    import psutil
+
+    from ray.serve._private.constants import (RAY_SERVE_HAPROXY_METRICS_PORT,
+                                              RAY_SERVE_HAPROXY_STATS_PORT)
+
+    haproxies = [psutil.Process(p["pid"]) for p in _processes_named("haproxy")]
+    assert haproxies, "no HAProxy process"
+    listening = {(c.laddr.ip, c.laddr.port) for p in haproxies
+                 for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    for port in (RAY_SERVE_HAPROXY_STATS_PORT, RAY_SERVE_HAPROXY_METRICS_PORT):
+        assert {ip for ip, p in listening if p == port} == {"127.0.0.1"}, (port, listening)
+    args = haproxies[0].cmdline()
+    config = open(args[args.index("-f") + 1]).read()
+    socket = next(line.split()[2] for line in config.splitlines()
+                  if line.strip().startswith("stats socket "))
+    assert os.stat(socket).st_mode & 0o777 == 0o600
+
+
+def test_haproxy_guard_refuses_an_operator_port_facing_other_machines():
+    from resnet_ray.haproxy_guard import harden
+
+    served = harden("global\n    stats socket /tmp/a.sock mode 666 level admin\n"
+                    "frontend prometheus\n    bind :9101\nfrontend http_frontend\n"
+                    "    bind 0.0.0.0:8000\nlisten stats\n  bind *:8404\n")
+    assert "mode 600 level admin" in served and "bind 127.0.0.1:9101" in served
+    assert "bind 127.0.0.1:8404" in served and "bind 0.0.0.0:8000" in served  # --host's choice
+    with pytest.raises(ValueError, match=r"\[listen stats\] bind 10.0.0.7:8404"):
+        harden("listen stats\n  bind 10.0.0.7:8404\n")
+
+
+def test_haproxy_guard_ends_haproxy_with_the_process_that_started_it(tmp_path):
+    """A hard-killed Serve leaves no HAProxy holding the service port."""
+    import psutil
+
+    from resnet_ray import haproxy_guard
+
+    config = tmp_path / "haproxy.cfg"
+    config.write_text("listen stats\n  bind *:8404\n")
+    # The parent starts the guard as Serve starts HAProxy; `sh` stands in for HAProxy.
+    guarded = [sys.executable, "-I", "-S", haproxy_guard.__file__, "/bin/sh",
+               "-c", "exec sleep 120", "-f", str(config)]
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                               "print(subprocess.Popen(sys.argv[1:]).pid, flush=True); "
+                               "time.sleep(120)", *guarded], stdout=subprocess.PIPE, text=True)
+    child = psutil.Process(int(parent.stdout.readline()))
+    deadline = time.time() + 10
+    while child.name() != "sleep" and time.time() < deadline:
+        time.sleep(0.05)
+    assert "bind 127.0.0.1:8404" in config.read_text()
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 10
+    while child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+        assert time.time() < deadline, "HAProxy outlived the process that started it"
+        time.sleep(0.05)
 
 
 def _assert_loopback_only(pid, serve_port):
