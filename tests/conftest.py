@@ -102,17 +102,14 @@ def ray_cluster():
     """The Ray cluster shared by every test that needs *a* cluster; CLI subprocesses join it
     through RAY_ADDRESS. Tests with a private cluster run after all of its users. Its Serve
     answers HTTP as `resnet-ray serve` does by default: through the guarded HAProxy."""
-    import shutil
-
     import ray
 
     from resnet_ray.runtime import init_ray
     from resnet_ray.serve_run import choose_ingress
 
-    guard = None
     if not ray.is_initialized():
         before = set(os.environ)
-        guard = choose_ingress("haproxy")
+        choose_ingress("haproxy")
         added = set(os.environ) - before
         init_ray()
         for key in added:  # private clusters, started later, start as a user's would
@@ -120,8 +117,6 @@ def ray_cluster():
         os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     yield
     stop_ray()
-    if guard:
-        shutil.rmtree(guard, ignore_errors=True)
 
 
 @pytest.fixture
