@@ -38,10 +38,10 @@ def haproxy_binary() -> str | None:
         return shutil.which("haproxy")
 
 
-def install(real_binary: str) -> str:
+def install(real_binary: str) -> None:
     """Points the Serve cluster this process starts at an executable that runs this guard in
     front of real_binary, written once per Python, guard and binary under the user's cache
-    (nothing to clean up, even after a hard kill); returns its path."""
+    (nothing to clean up, even after a hard kill)."""
     text = (f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -I -S "
             f"{shlex.quote(os.path.abspath(__file__))} {shlex.quote(real_binary)} \"$@\"\n")
     folder = os.path.join(os.environ.get("XDG_CACHE_HOME") or
@@ -55,7 +55,6 @@ def install(real_binary: str) -> str:
         os.chmod(partial, stat.S_IRWXU)
         os.replace(partial, shim)
     os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = shim
-    return shim
 
 
 def harden(config: str) -> str:
