@@ -97,6 +97,9 @@ class TrainConfig:
     # weights by epochs, and validation would sit near chance early on.
     bn_momentum: float = option(0.9, group=RECIPE)
     label_smoothing: float = option(0.0, group=RECIPE)
+    mixup: float = option(0.0, group=RECIPE,
+                          help="mixup's alpha: each training image and its one-hot label "
+                               "blended with another's by a Beta(alpha, alpha) weight (0: off)")
     # Off by default: docs/results.md has the measurements behind that.
     weight_decay: float = option(0.0, group=RECIPE,
                                  help="AdamW's decoupled weight decay on conv and dense "
@@ -162,6 +165,7 @@ class TrainConfig:
             ("keep_images", self.keep_images >= 0, "0 (always stream) or more images"),
             ("bn_momentum", 0 < self.bn_momentum < 1, "between 0 and 1"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "between 0 and 1"),
+            ("mixup", 0 <= self.mixup <= 10, "an alpha from 0 (off) to 10"),
             ("weight_decay", 0 <= self.weight_decay < 1, "at least 0 and below 1"),
             ("val_fraction", 0 <= self.val_fraction < 1,
              "0 (validate on the test file) or a fraction below 1"),

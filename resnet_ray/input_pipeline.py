@@ -105,13 +105,35 @@ def _model_input(ds, cfg: TrainConfig, classes: int, stream: int):
 
     ds = ds.map(lambda xb, yb: (tf.cast(xb, tf.float32) / 255.0, tf.one_hot(yb, classes)),
                 num_parallel_calls=tf.data.AUTOTUNE)
-    if cfg.augment > 0:
-        ds = ds.enumerate().map(
-            lambda i, batch: (augment_batch(batch[0], cfg.augment,
-                                            tf.stack([tf.cast(stream, tf.int64), i])),
-                              batch[1]),
-            num_parallel_calls=tf.data.AUTOTUNE)
+
+    def recipe(i, batch):
+        images, labels = batch
+        if cfg.augment > 0:
+            images = augment_batch(images, cfg.augment, tf.stack([tf.cast(stream, tf.int64), i]))
+        if cfg.mixup > 0:
+            # Streams are never negative: mixup's seeds never repeat augmentation's.
+            images, labels = mixup_batch(images, labels, cfg.mixup,
+                                         tf.stack([tf.cast(-1 - stream, tf.int64), i]))
+        return images, labels
+
+    if cfg.augment > 0 or cfg.mixup > 0:
+        ds = ds.enumerate().map(recipe, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def mixup_batch(images, labels, alpha: float, seed):
+    """mixup (Zhang et al., 2018): each image and its one-hot label blended with those of its
+    partner in the reversed batch (batches come shuffled, so partners are random) by a weight
+    drawn from Beta(alpha, alpha) per image, with stateless ops as in augment_batch."""
+    from .keras_backend import tf
+
+    g = tf.random.stateless_gamma([2, tf.shape(images)[0]], seed=seed, alpha=alpha)
+    # Beta(a, a) from two gammas; both underflow to 0 only for tiny alphas (then: the partner).
+    lam = tf.math.divide_no_nan(g[0], g[0] + g[1])
+    w = lam[:, None, None, None]
+    images = w * images + (1.0 - w) * tf.reverse(images, [0])
+    labels = lam[:, None] * labels + (1.0 - lam[:, None]) * tf.reverse(labels, [0])
+    return images, labels
 
 
 def augment_batch(images, strength: float, seed):

@@ -32,6 +32,34 @@ def test_augmentation_is_seeded_bounded_and_off_at_zero(synth_dir):
     assert 0.005 < diff < np.abs(x - x[::-1]).mean(), diff
 
 
+def test_mixup_blends_images_and_labels_alike(synth_dir):
+    from resnet_ray.data import load_signs
+    from resnet_ray.input_pipeline import mixup_batch
+    from resnet_ray.keras_backend import tf
+
+    signs = load_signs(synth_dir / "test_signs.h5")
+    x, y = signs.x[:8].astype(np.float32) / 255.0, np.eye(len(signs.classes))[signs.y[:8]]
+
+    def mix(alpha, seed):
+        xm, ym = mixup_batch(tf.constant(x), tf.constant(y, tf.float32), alpha,
+                             tf.constant(seed, tf.int64))
+        return xm.numpy(), ym.numpy()
+
+    xm, ym = mix(0.4, [3, 7])
+    np.testing.assert_array_equal(xm, mix(0.4, [3, 7])[0])  # seeded: runs repeat
+    assert not np.allclose(xm, mix(0.4, [3, 8])[0])
+    np.testing.assert_allclose(ym.sum(1), 1, atol=1e-6)  # still a distribution
+    # Each image is its own and its partner's (the reversed batch's) pixels in the label's
+    # proportions: solve for the weight from the labels and check the pixels against it.
+    pairs = [(i, len(x) - 1 - i) for i in range(len(x)) if y[i].argmax() != y[-1 - i].argmax()]
+    assert pairs, "the batch needs partners of different classes"
+    for i, j in pairs:
+        lam = ym[i, y[i].argmax()]
+        assert 0 <= lam <= 1
+        np.testing.assert_allclose(xm[i], lam * x[i] + (1 - lam) * x[j], atol=1e-5)
+    assert not np.allclose(xm, x)
+
+
 def test_learning_rate_schedules():
     from resnet_ray.optim import lr_at
 
@@ -64,6 +92,7 @@ def test_recipe_is_the_default_and_short_runs_keep_it():
     ("warmup_epochs", -1, "warmup_epochs"),
     ("weight_decay", -0.1, "weight_decay"),
     ("weight_decay", 1.0, "weight_decay"),
+    ("mixup", -0.2, "mixup"),
 ])
 def test_bad_recipe_values_are_named(field, value, fragment):
     with pytest.raises(ConfigError, match=fragment):
@@ -73,13 +102,15 @@ def test_bad_recipe_values_are_named(field, value, fragment):
 def test_cli_recipe_flags_reach_the_run_and_its_export(cli, synth_dir, tmp_path):
     proc = cli("train", "--data", synth_dir, "--model", "tiny", "--epochs", 2,
                    "--num-workers", 0, "--augment", 1, "--lr-schedule", "cosine",
-                   "--warmup-epochs", 0.5, "--weight-decay", 0.05, "--storage", tmp_path,
+                   "--warmup-epochs", 0.5, "--weight-decay", 0.05, "--mixup", 0.2,
+                   "--storage", tmp_path,
                    "--name", "r",
                    "--export", tmp_path / "model")
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads((tmp_path / "model" / "metadata.json").read_text())
     assert meta["config"]["augment"] == 1 and meta["config"]["lr_schedule"] == "cosine"
     assert meta["config"]["warmup_epochs"] == 0.5 and meta["config"]["weight_decay"] == 0.05
+    assert meta["config"]["mixup"] == 0.2
     bad = cli("train", "--data", synth_dir, "--augment", "-1", "--num-workers", 0,
                   "--storage", tmp_path)
     assert_user_error(bad, "augment")

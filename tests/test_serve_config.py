@@ -9,6 +9,7 @@ import httpx
 import pytest
 import yaml
 
+from bench.http_load import wait_ready
 from conftest import ROOT
 
 
@@ -60,17 +61,10 @@ def test_serve_command_runs_in_the_foreground_and_stops_on_ctrl_c(private_ray, t
                              "--port", str(port), "--ingress", ingress, "--verbose"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            assert proc.poll() is None, proc.stdout.read()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(2)
-        else:
-            pytest.fail("resnet-ray serve did not answer /healthz")
+        try:
+            wait_ready([f"http://127.0.0.1:{port}"], 180, alive=lambda: proc.poll() is None)
+        except RuntimeError:
+            pytest.fail(f"resnet-ray serve exited: {proc.stdout.read()[-3000:]}")
         assert httpx.get(f"http://127.0.0.1:{port}/metadata").json()["config"]["model"] == "tiny"
         _assert_loopback_only(proc.pid, port)
         if ingress == "haproxy":
