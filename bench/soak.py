@@ -1,5 +1,6 @@
 """Serving under sustained load: `resnet-ray serve` as a user starts it (its defaults: backend
-auto, HAProxy behind the guard), driven at a fixed concurrency for minutes by `hey`, one image per request.
+auto, HAProxy behind the guard), driven at a fixed concurrency for minutes by `hey`, one image
+per request.
 
 python -m bench.soak [--quick] [--minutes 10] [--concurrency 32] [--model-dir DIR]
     [--ingress haproxy|proxy] [--out F]

@@ -1,4 +1,5 @@
-"""The training recipe's options: on-the-fly augmentation and the learning-rate schedule."""
+"""The training recipe's options: on-the-fly augmentation, mixup and the learning-rate
+schedule."""
 
 import json
 
