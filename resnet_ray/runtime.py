@@ -28,6 +28,21 @@ WORKER_ENV_VARS = {
 # The name of the variable that is set in a worker which started with the malloc settings.
 MALLOC_KEEP_VAR = "MALLOC_TRIM_THRESHOLD_"
 
+LOCAL_SYSTEM_CONFIG = {
+    # Idle task workers survive between epochs for the next Ray Data pass (by default, past
+    # one per CPU, they are killed after a second and restarted at a cost of seconds each).
+    "num_workers_soft_limit": 16,
+    # Workers at Ray's default niceness 15 lose a core to every wake-up of Ray's own
+    # processes, and TensorFlow's threads then wait for the preempted one (docs/scaling.md).
+    "worker_niceness": 0,
+}
+# What a local cluster for one training run leaves out. Every Ray process wakes a core
+# 100-200 times a second, which costs the training steps beside TensorFlow on all of a host's
+# cores (docs/performance.md); a one-host cluster is never drained, so Train's preemption
+# watcher has nothing to see. The variable is read by Train's controller.
+LEAN_SYSTEM_CONFIG = {"prestart_worker_first_driver": False}
+LEAN_ENV_VARS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
 # Where `ray start` records the cluster that a bare `ray.init()` joins.
 CURRENT_CLUSTER_FILE = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
 
@@ -46,11 +61,16 @@ def _reachable(address: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def init_ray(address: str | None = None) -> bool:
+def init_ray(address: str | None = None, lean: bool = False) -> bool:
     """Connect to the cluster (RAY_ADDRESS, as inside `ray job submit`, or the one `ray start`
     started on this machine) or start a local one; True when it started one, whose processes
     inherit this process's environment. Without --verbose the workers' output stays in the
-    session's log files, and the first line printed says where they are."""
+    session's log files, and the first line printed says where they are.
+
+    lean: a local cluster started here serves one training run, so it goes without the
+    processes such a run never uses: the idle workers started ahead of any task, Train's
+    preemption watcher and, unless --verbose, Ray's dashboard (without it, Train's
+    placement-group cleaner logs each second that it cannot ask for the run's state)."""
     import ray
 
     from . import console
@@ -86,17 +106,17 @@ def init_ray(address: str | None = None) -> bool:
                     f"cluster with token authentication set RAY_AUTH_MODE=token, with its "
                     f"token in ~/.ray/auth_token or RAY_AUTH_TOKEN") from None
         else:
+            system, options = dict(LOCAL_SYSTEM_CONFIG), {}
+            if lean:
+                system.update(LEAN_SYSTEM_CONFIG)
+                for key, value in LEAN_ENV_VARS.items():
+                    os.environ.setdefault(key, value)
+                if not console.verbose():
+                    options["include_dashboard"] = False
             # Loopback only: Ray's APIs run arbitrary code for anyone who reaches them.
             context = ray.init(address="local", runtime_env={"env_vars": worker_env_vars()},
-                               _node_ip_address="127.0.0.1",
-                               # Idle task workers survive between epochs for the next Ray
-                               # Data pass (by default, past one per CPU, they are killed
-                               # after a second and restarted at a cost of seconds each).
-                               # Workers at Ray's default niceness 15 lose a core to every
-                               # wake-up of Ray's own processes, and TensorFlow's threads
-                               # then wait for the preempted one (docs/scaling.md).
-                               _system_config={"num_workers_soft_limit": 16,
-                                               "worker_niceness": 0}, **quiet)
+                               _node_ip_address="127.0.0.1", _system_config=system,
+                               **options, **quiet)
     if not console.verbose():
         _raylet_messages_to_log()
         print(console.logs_line(context.address_info.get("session_dir")), flush=True)

@@ -172,7 +172,7 @@ def _fit(cfg: TrainConfig, train, val, quiet: bool):
 
     local = cfg.num_workers == 0
     if not local:
-        init_ray()
+        init_ray(lean=True)
     cfg, layout_line = choose_layout(cfg, [] if local else cluster_nodes())
     if not quiet:
         console.result(f"training {cfg.model} for {cfg.epochs} epochs: {len(train)} training "

@@ -89,3 +89,42 @@ def test_mixed_precision_trains_float32_weights_and_probabilities(precision, acc
     plain, _ = build_compiled(cfg)
     plain.set_weights(model.get_weights())
     assert np.allclose(plain.predict(x[:4], verbose=0), probs, atol=0.05)
+
+
+def test_a_training_runs_own_cluster_starts_without_processes_it_never_uses(monkeypatch,
+                                                                             tmp_path):
+    """The local cluster `resnet-ray train` starts has no workers started ahead of tasks, no
+    preemption watcher and, unless --verbose, no dashboard (each would wake the cores
+    TensorFlow trains on); a watcher the user asked for stays; other commands keep all."""
+    import os
+
+    import ray
+
+    from resnet_ray import runtime
+
+    calls = []
+
+    class Context:
+        address_info = {"session_dir": str(tmp_path)}
+
+    def fake_init(**kwargs):
+        calls.append((kwargs, dict(os.environ)))
+        return Context()
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(runtime, "_raylet_messages_to_log", lambda: None)
+    monkeypatch.setattr(runtime, "CURRENT_CLUSTER_FILE", tmp_path / "no-cluster")
+    watcher, verbose = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "RESNET_RAY_VERBOSE"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", watcher, verbose)}
+    for lean, given in ((True, {}), (False, {}), (True, {watcher: "1", verbose: "1"})):
+        monkeypatch.setattr(os, "environ", {**env, **given})
+        assert runtime.init_ray(lean=lean)  # it started a cluster
+    (lean, lean_env), (plain, plain_env), (asked, asked_env) = calls
+    assert lean["include_dashboard"] is False and lean_env[watcher] == "0"
+    assert lean["_system_config"]["prestart_worker_first_driver"] is False
+    assert asked_env[watcher] == "1" and "include_dashboard" not in asked
+    assert "include_dashboard" not in plain and watcher not in plain_env
+    assert "prestart_worker_first_driver" not in plain["_system_config"]
+    assert plain["_system_config"]["worker_niceness"] == 0 == lean["_system_config"][
+        "worker_niceness"]
