@@ -12,6 +12,9 @@ and checkpoint writing, done between epochs, are not in it); the fixed cost is e
 in the process's wall time: imports, Ray and worker start, the first epoch's graph tracing
 beyond a steady epoch, validation, checkpoints, shutdown.
 
+--cpus C below the machine's count gives every setup C CPUs (plain Keras as many TensorFlow
+threads), so Ray's own processes have the other cores to wake on.
+
 Communication options add a fourth setup, one worker per CPU with those options,
 and the ratio of every setup to Ray Train's 1 worker x all CPUs; --setups keeps only the named
 setups (each name as printed, or its start).
@@ -40,8 +43,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _setups(cpus: int, options: dict | None = None) -> list[dict]:
     setups = [{"setup": "keras", "num_workers": 0, "cpus_per_worker": cpus},
-              {"setup": f"ray 1x{cpus}", "num_workers": 1, "cpus_per_worker": cpus},
-              {"setup": f"ray {cpus}x1", "num_workers": cpus, "cpus_per_worker": 1}]
+              {"setup": f"ray 1x{cpus}", "num_workers": 1, "cpus_per_worker": cpus}]
+    if cpus > 1:
+        setups.append({"setup": f"ray {cpus}x1", "num_workers": cpus, "cpus_per_worker": 1})
     if options:
         name = ", ".join(str(v) if k == "allreduce_dtype" else f"{k.replace('_', ' ')} {v}"
                          for k, v in options.items())
@@ -72,8 +76,12 @@ def child_keras(cfg_dict: dict) -> dict:
     from resnet_ray.input_pipeline import make_dataset_fn
     from resnet_ray.layout import resolve_precision
     from resnet_ray.optim import build_compiled
+    from resnet_ray.runtime import limit_threads
 
     cfg = TrainConfig.from_dict(cfg_dict)
+    # The thread pools a Ray worker with these CPUs gets: with --cpus below the machine's
+    # count, both sides leave the other cores to Ray's own processes.
+    limit_threads(cfg.cpus_per_worker)
     train, _ = load_data_dir(cfg.data)
     keras.utils.set_random_seed(cfg.seed)
     steps = len(train) // cfg.batch_size

@@ -137,6 +137,8 @@ def test_train_bench_adds_and_selects_a_setup_with_communication_options():
     assert [s["setup"] for s in select(setups, "ray 2x1")] == ["ray 2x1"]
     with pytest.raises(SystemExit, match="no setup 'ray 4x1'"):
         select(setups, "ray 4x1")
+    # One CPU: one worker is the only Ray layout, named once.
+    assert [s["setup"] for s in _setups(1)] == ["keras", "ray 1x1"]
 
 
 def test_an_out_option_goes_to_the_part_not_to_out_dir(monkeypatch, tmp_path, capsys):
