@@ -100,6 +100,10 @@ class TrainConfig:
     mixup: float = option(0.0, group=RECIPE,
                           help="mixup's alpha: each training image and its one-hot label "
                                "blended with another's by a Beta(alpha, alpha) weight (0: off)")
+    ema: float = option(0.0, group=RECIPE,
+                        help="keep an exponential moving average of the weights with this "
+                             "momentum (such as 0.99) and validate, checkpoint and export "
+                             "it instead of the last step's weights (0: off)")
     # Off by default: docs/results.md has the measurements behind that.
     weight_decay: float = option(0.0, group=RECIPE,
                                  help="AdamW's decoupled weight decay on conv and dense "
@@ -166,6 +170,7 @@ class TrainConfig:
             ("bn_momentum", 0 < self.bn_momentum < 1, "between 0 and 1"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "between 0 and 1"),
             ("mixup", 0 <= self.mixup <= 10, "an alpha from 0 (off) to 10"),
+            ("ema", 0 <= self.ema < 1, "a momentum from 0 (off) to below 1"),
             ("weight_decay", 0 <= self.weight_decay < 1, "at least 0 and below 1"),
             ("val_fraction", 0 <= self.val_fraction < 1,
              "0 (validate on the test file) or a fraction below 1"),

@@ -34,7 +34,8 @@ def build_compiled(cfg: TrainConfig, steps_per_epoch: int | None = None,
     if cfg.accumulate > 1 and steps_per_epoch is not None:
         model = accumulating_model(model, cfg.accumulate)
     optimizer = optimizer_class(cfg)(learning_rate=learning_rate(cfg, steps_per_epoch),
-                                     weight_decay=cfg.weight_decay or None)
+                                     weight_decay=cfg.weight_decay or None,
+                                     use_ema=cfg.ema > 0, ema_momentum=cfg.ema or 0.99)
     if cfg.weight_decay:
         # BatchNormalization's scale and shift and the biases set levels, not features;
         # shrinking them towards 0 only fights the data.
@@ -44,6 +45,21 @@ def build_compiled(cfg: TrainConfig, steps_per_epoch: int | None = None,
     # `optimizer` stays the inner one, whose variables are what checkpoints hold.
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     return model, optimizer
+
+
+def averaged_weights(model, optimizer) -> list[np.ndarray]:
+    """model.get_weights(), with the optimizer's moving averages in place of the trainable
+    weights when it keeps them (--ema): what is validated, checkpointed and exported. The
+    BatchNormalization statistics are the model's own, already averages of their kind."""
+    if not optimizer.use_ema:
+        return model.get_weights()
+    averages = optimizer._model_variables_moving_average
+    trainable = {optimizer._var_key(v) for v in model.trainable_weights}
+    weights = []
+    for v in model.weights:
+        key = optimizer._var_key(v)
+        weights.append((averages[optimizer._index_dict[key]] if key in trainable else v).numpy())
+    return weights
 
 
 def summed_gradients(model, x, y, micro_batches: int, loss_fn, scaler=None):

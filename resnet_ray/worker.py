@@ -27,7 +27,8 @@ from .folders import ValidationStream
 from .input_pipeline import make_dataset_fn, make_stream_fn
 from .keras_backend import check_keras_flavour, keras, tf
 from .layout import resolve_precision
-from .optim import build_compiled, communication_line, lr_at, make_strategy
+from .optim import (averaged_weights, build_compiled, communication_line, lr_at,
+                    make_strategy)
 from .predict import predict_probs
 from .progress import epoch_line, step_sender
 from .runtime import MALLOC_KEEP_VAR, limit_threads
@@ -76,7 +77,8 @@ class EpochReporter(keras.callbacks.Callback):
         from .evaluate import metrics_from_probs
 
         cfg, seconds = self.cfg, time.perf_counter() - self.start
-        weights = self.model.get_weights()  # synchronised values, identical on every worker
+        # Synchronised values, identical on every worker (with --ema, their averages).
+        weights = averaged_weights(self.model, self.optimizer)
         self.local_model.set_weights(weights)
         scores = metrics_from_probs(*self.validate(self.local_model), cfg.classes)
         metrics = {

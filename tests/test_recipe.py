@@ -61,6 +61,44 @@ def test_mixup_blends_images_and_labels_alike(synth_dir):
     assert not np.allclose(xm, x)
 
 
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_ema_scores_the_moving_average_of_every_steps_weights(precision):
+    """With --ema, the weights validated, checkpointed and exported (averaged_weights) are
+    the moving average of the weights after each step; the BatchNormalization statistics
+    are the model's own; without it they are the model's weights."""
+    from resnet_ray.keras_backend import keras
+    from resnet_ray.optim import averaged_weights, build_compiled
+
+    cfg = TrainConfig(data="-", model="tiny", epochs=1, ema=0.5, lr_schedule="constant",
+                      warmup_epochs=0)
+    model, optimizer = build_compiled(cfg, 4, precision)
+    x = np.random.default_rng(0).random((32, 64, 64, 3), dtype=np.float32)
+    y = keras.utils.to_categorical(np.arange(32) % 6, 6)
+    trainable = [i for i, w in enumerate(model.weights) if w.trainable]
+    expected = model.get_weights()
+    after = []  # every step's weights, as Keras has just updated them
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            after.append(model.get_weights())
+
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[Record()])
+    assert len(after) == 4
+    for weights in after:
+        expected = [0.5 * e + 0.5 * w for e, w in zip(expected, weights)]
+    scored = averaged_weights(model, optimizer)
+    last = after[-1]
+    for i, (got, want) in enumerate(zip(scored, expected)):
+        if i in trainable:
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(got, last[i])
+    assert not all(np.allclose(a, b) for a, b in zip(scored, last))
+    plain, plain_optimizer = build_compiled(TrainConfig(data="-", model="tiny"), 4)
+    assert all(np.array_equal(a, b) for a, b in
+               zip(averaged_weights(plain, plain_optimizer), plain.get_weights()))
+
+
 def test_learning_rate_schedules():
     from resnet_ray.optim import lr_at
 
@@ -94,6 +132,7 @@ def test_recipe_is_the_default_and_short_runs_keep_it():
     ("weight_decay", -0.1, "weight_decay"),
     ("weight_decay", 1.0, "weight_decay"),
     ("mixup", -0.2, "mixup"),
+    ("ema", 1.0, "ema"),
 ])
 def test_bad_recipe_values_are_named(field, value, fragment):
     with pytest.raises(ConfigError, match=fragment):
@@ -104,6 +143,7 @@ def test_cli_recipe_flags_reach_the_run_and_its_export(cli, synth_dir, tmp_path)
     proc = cli("train", "--data", synth_dir, "--model", "tiny", "--epochs", 2,
                    "--num-workers", 0, "--augment", 1, "--lr-schedule", "cosine",
                    "--warmup-epochs", 0.5, "--weight-decay", 0.05, "--mixup", 0.2,
+                   "--ema", 0.9,
                    "--storage", tmp_path,
                    "--name", "r",
                    "--export", tmp_path / "model")
@@ -111,7 +151,7 @@ def test_cli_recipe_flags_reach_the_run_and_its_export(cli, synth_dir, tmp_path)
     meta = json.loads((tmp_path / "model" / "metadata.json").read_text())
     assert meta["config"]["augment"] == 1 and meta["config"]["lr_schedule"] == "cosine"
     assert meta["config"]["warmup_epochs"] == 0.5 and meta["config"]["weight_decay"] == 0.05
-    assert meta["config"]["mixup"] == 0.2
+    assert meta["config"]["mixup"] == 0.2 and meta["config"]["ema"] == 0.9
     bad = cli("train", "--data", synth_dir, "--augment", "-1", "--num-workers", 0,
                   "--storage", tmp_path)
     assert_user_error(bad, "augment")
