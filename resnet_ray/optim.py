@@ -53,13 +53,10 @@ def averaged_weights(model, optimizer) -> list[np.ndarray]:
     BatchNormalization statistics are the model's own, already averages of their kind."""
     if not optimizer.use_ema:
         return model.get_weights()
-    averages = optimizer._model_variables_moving_average
-    trainable = {optimizer._var_key(v) for v in model.trainable_weights}
-    weights = []
-    for v in model.weights:
-        key = optimizer._var_key(v)
-        weights.append((averages[optimizer._index_dict[key]] if key in trainable else v).numpy())
-    return weights
+    # The optimizer indexes the variables it was built on: the trainable ones.
+    averages, index = optimizer._model_variables_moving_average, optimizer._index_dict
+    return [(averages[index[key]] if (key := optimizer._var_key(v)) in index else v).numpy()
+            for v in model.weights]
 
 
 def summed_gradients(model, x, y, micro_batches: int, loss_fn, scaler=None):
