@@ -1,5 +1,5 @@
 """Training checkpoints: writing, reading and checking them, the Ray and local stores, and
-choosing the best one.
+the one rule that chooses the best (`ranked`).
 
 A checkpoint directory holds the weights (Keras HDF5), the optimizer's variables (numpy
 arrays, never pickles), the run's TrainConfig and state.json (epoch, history, metrics).
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .config import TrainConfig
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError
 
 WEIGHTS_FILE = "model.weights.h5"
 OPTIMIZER_FILE = "optimizer.npz"
@@ -100,12 +100,19 @@ def check_checkpoints(run_dir: str) -> None:
                 raise
 
 
+def checkpoint_metrics(directory: Path) -> dict[str, Any]:
+    """The metrics recorded in a checkpoint's state.json (empty if it has none)."""
+    try:
+        metrics = json.loads((directory / STATE_FILE).read_text())["metrics"]
+    except (OSError, KeyError, ValueError, TypeError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
 def checkpoint_score(directory: Path, metric: str) -> float | None:
     """The metric recorded in a checkpoint's state.json, or None if it has none."""
-    try:
-        return float(json.loads((directory / STATE_FILE).read_text())["metrics"][metric])
-    except (OSError, KeyError, ValueError, TypeError):
-        return None
+    value = checkpoint_metrics(directory).get(metric)
+    return None if value is None else float(value)
 
 
 # What a run keeps and exports its checkpoints by: (metric, "max" or "min"). A search
@@ -113,20 +120,37 @@ def checkpoint_score(directory: Path, metric: str) -> float | None:
 SCORE = ("val_accuracy", "max")
 
 
-def ranked(dirs: list[Path], score: tuple[str, str], later_first: bool) -> list[Path]:
-    """The checkpoints that record the score's metric, best first; among equals the later
-    first when `later_first`, else the earlier."""
+def ranked(candidates: list[tuple[Any, dict[str, Any]]], score: tuple[str, str] = SCORE
+           ) -> list[Any]:
+    """The one rule that chooses checkpoints, for keeping, pruning, resuming a search's best
+    and exporting: of (checkpoint, metrics) pairs, those that record the score's metric, best
+    first, and among equal scores the later epoch first, as Ray Train keeps them."""
     metric, mode = score
-    sign = -1 if mode == "max" else 1
-    values = {p: v for p in dirs if (v := checkpoint_score(p, metric)) is not None}
-    by_age = sorted(values, key=lambda p: p.name, reverse=later_first)
-    return sorted(by_age, key=lambda p: sign * values[p])  # stable: equals keep by_age's order
+    sign = 1.0 if mode == "max" else -1.0
+
+    def key(pair):
+        value = float(pair[1][metric])
+        return (value == value, sign * value if value == value else 0.0,
+                float(pair[1].get("epoch", 0)))
+
+    valid = [pair for pair in candidates if pair[1].get(metric) is not None]
+    return [item for item, _ in sorted(valid, key=key, reverse=True)]
 
 
-def best_checkpoint_dir(run_dir: str | Path, score: tuple[str, str] = SCORE) -> Path | None:
-    """The best complete checkpoint of a run directory by its recorded metric (the earliest
-    of equals: the export names the epoch that first reached it)."""
-    best = ranked(complete_checkpoints(run_dir), score, later_first=False)
+def best_checkpoint(run_dir: str, score: tuple[str, str] = SCORE, result=None):
+    """The best checkpoint of a run by `ranked`, as a ray.train.Checkpoint, or None: from the
+    run directory's complete checkpoints, or from Ray's record of them (`result`) when the
+    run is stored at a URI."""
+    import ray.train
+
+    from .config import is_remote
+
+    if is_remote(run_dir):
+        pairs = list(result.best_checkpoints) if result is not None else []
+    else:
+        pairs = [(ray.train.Checkpoint.from_directory(str(p)), checkpoint_metrics(p))
+                 for p in complete_checkpoints(run_dir)]
+    best = ranked(pairs, score)
     return best[0] if best else None
 
 
@@ -174,39 +198,8 @@ class LocalCheckpoints:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         done = complete_checkpoints(self.run_dir)
-        # The later of equals is kept, as Ray Train's own pruning does.
-        kept = set(ranked(done, self.score, later_first=True)[:self.keep])
+        kept = set(ranked([(p, checkpoint_metrics(p)) for p in done], self.score)[:self.keep])
         for p in done:
             if p not in kept and p != final:
                 shutil.rmtree(p, ignore_errors=True)
         ray.train.report(metrics)
-
-    def best(self) -> Path | None:
-        return best_checkpoint_dir(self.run_dir, self.score)
-
-
-# What makes a checkpoint unusable for another run: the weights' and optimizer's shapes, and
-# the store that holds it (a single process writes its own; Ray Train's are reported).
-RUN_IDENTITY = ("model", "classes", "input_shape")
-
-
-def check_same_run(cfg: TrainConfig) -> None:
-    """Refuse, before any worker starts, to resume a run directory whose checkpoints were
-    written by a run that differs in what makes them unusable; the same run resumes."""
-    done = complete_checkpoints(cfg.run_dir)
-    if not done:
-        return
-    try:
-        before = TrainConfig.load(done[-1] / CONFIG_FILE)
-    except Exception:  # a damaged config is check_checkpoints' to report
-        return
-    fields = [f for f in RUN_IDENTITY if getattr(before, f) != getattr(cfg, f)]
-    if (before.num_workers == 0) != (cfg.num_workers == 0):
-        fields.append("num_workers")
-    if fields:
-        differs = "; ".join(f"{f} {getattr(cfg, f)!r} here, {getattr(before, f)!r} there"
-                            for f in fields)
-        raise ConfigError(
-            f"--name {cfg.name}: {cfg.run_dir} holds checkpoints of a different run "
-            f"({differs}); resume it with its own options, or start fresh with another "
-            f"--name (or after removing {cfg.run_dir})")

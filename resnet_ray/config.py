@@ -1,5 +1,6 @@
 """The one typed training configuration: built by the CLI, sent to every worker, saved next to
-every checkpoint and in every exported model's metadata."""
+every checkpoint and in every exported model's metadata. It is frozen: the driver resolves it
+once into a plan (resnet_ray/plan.py) with `dataclasses.replace`, and nothing changes it after."""
 
 from __future__ import annotations
 
@@ -40,14 +41,14 @@ RECIPE = "training recipe"
 COMMUNICATION = "data-parallel communication"
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     data: str = option("", help="a folder (or s3://, gs://... URI) with one sub-folder of "
                                "photos per class, streamed by Ray Data; a directory with "
                                "train_signs.h5 and test_signs.h5; or the embedded photos: "
                                "builtin:sign-digits (digits 0-5) or builtin:sign-digits-10",
                        in_yaml=False)
-    # The digits of a folder's class sub-folders; filled in from the data otherwise.
+    # The digits of a folder's class sub-folders; the plan takes `classes` from the data.
     data_classes: str = option("", help="with a folder of photos: the class sub-folders to "
                                        "train on, such as 0,1,2,3,4,5 (default: every "
                                        "sub-folder named by a digit)", in_yaml=False)
@@ -64,7 +65,7 @@ class TrainConfig:
     epochs: int = option(20)
     batch_size: int = option(32, help="global batch")  # split evenly across workers
     lr: float = option(1e-3)
-    # None: chosen from the cluster when the run starts (resnet_ray/layout.py).
+    # None: chosen from the cluster when the run's plan is made (resnet_ray/layout.py).
     num_workers: int | None = option(None, help="Ray Train workers; 0 trains in this "
                                      "process (default: one per node, or per GPU)")
     cpus_per_worker: int | None = option(None, help="default: all of a node's CPUs when "
@@ -122,7 +123,7 @@ class TrainConfig:
                                   "(the update then covers batch-size x accumulate images)")
     lr_scaling: str = option("linear", group=COMMUNICATION, choices=LR_SCALINGS,
                              help="how --lr grows with the update's batch when accumulating")
-    # Filled in from the data by the driver; workers and exports rely on them.
+    # Taken from the data by the plan; workers and exports rely on them.
     input_shape: tuple[int, int, int] = option((64, 64, 3), flag=False, searchable=False,
                                                expected="[height, width, channels]")
     classes: list[int] = option(flag=False, searchable=False,
@@ -130,8 +131,9 @@ class TrainConfig:
                                 default_factory=lambda: [0, 1, 2, 3, 4, 5])
 
     def __post_init__(self) -> None:
-        self.input_shape = tuple(int(d) for d in self.input_shape)
-        self.classes = [int(c) for c in self.classes]
+        # JSON and YAML give lists and numpy's integers: one form for comparisons and files.
+        object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
+        object.__setattr__(self, "classes", [int(c) for c in self.classes])
 
     def warmup_steps(self, steps_per_epoch: int) -> int:
         """Optimizer steps of linear warm-up: warmup_epochs, but at most a fifth of the run."""

@@ -9,19 +9,18 @@ from typing import Any
 
 import numpy as np
 
-from . import embedded
-from .data import TEST_FILE, load_signs
-from .errors import DataError
 from .backends import load_predictor
+from .data import load_signs
+from .errors import DataError
 from .predict import predict_probs
+from .sources import test_file
 
 
 def evaluate(model_dir: str | os.PathLike, data_file: str | os.PathLike,
              backend: str = "auto") -> dict[str, Any]:
     """Metrics of a model directory on a SIGNS-layout file, or on the held-out test photos
     of an embedded data set (builtin:sign-digits), predicted by the given backend."""
-    if embedded.is_builtin(str(data_file)):
-        data_file = Path(embedded.resolve(str(data_file))) / TEST_FILE
+    data_file = test_file(str(data_file))
     data = load_signs(data_file)
     predictor, meta = load_predictor(model_dir, backend)
     if data.classes != meta["classes"]:

@@ -152,13 +152,13 @@ def lr_at(cfg: TrainConfig, steps_per_epoch: int, step: int) -> float:
     return float(schedule(step)) if callable(schedule) else float(schedule)
 
 
-def make_strategy(world: int, local: bool, cfg: TrainConfig):
+def make_strategy(world: int, cfg: TrainConfig):
     """(strategy, its name for reports and the log). MultiWorkerMirroredStrategy when there is
-    someone to all-reduce with; a single worker gets TensorFlow's default strategy, whose
-    gradients are the same without the collective runtime's cost (docs/scaling.md)."""
+    someone to all-reduce with; a single worker (or this process) gets TensorFlow's default
+    strategy, whose gradients are the same without the collective runtime's cost."""
     from .keras_backend import tf
 
-    if local or world == 1:
+    if world == 1:
         return tf.distribute.get_strategy(), ONE_WORKER_STRATEGY
     return (tf.distribute.MultiWorkerMirroredStrategy(
         communication_options=communication_options(cfg)), "MultiWorkerMirroredStrategy")

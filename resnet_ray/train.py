@@ -1,7 +1,8 @@
 """The training driver: check the data and config, build the Ray Train trainer, run it, export
 the best checkpoint. `python -m resnet_ray.train ...` is the entry point for `ray job submit`.
 
-The workers' side is resnet_ray/worker.py; a re-run with the same storage and name resumes.
+The workers' side is resnet_ray/worker.py, the plan every step reads resnet_ray/plan.py; a
+re-run with the same storage and name resumes.
 """
 
 from __future__ import annotations
@@ -13,59 +14,23 @@ import sys
 import time
 from pathlib import Path
 
-from . import config, console, embedded, folders, testhooks
-from .checkpoints import (CONFIG_FILE, SCORE, LocalCheckpoints, check_checkpoints,
-                          check_same_run, checkpoint_score, complete_checkpoints)
+from . import config, console, testhooks
+from .checkpoints import CONFIG_FILE, best_checkpoint
 from .config import TrainConfig, is_remote
-from .data import Signs, load_data_dir, split_validation
 from .errors import ConfigError, RunFailed, command_main
-from .layout import choose_layout, cluster_nodes
+from .layout import cluster_nodes
+from .plan import Plan, resolve
 from .runtime import init_ray, worker_env_vars
 
 REPORTS_FILE = "reports.jsonl"
-# What Ray Train writes beside a run's checkpoints; Result.from_path reads it back.
-RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+PLAN_FILE = "plan.json"
 
 
-def prepare_config(cfg: TrainConfig) -> tuple[TrainConfig, Signs, Signs, Signs]:
-    """Load and check the data and the config on the driver, before any worker starts.
-    Returns (config, train, validation, test); workers get only train and validation.
-    A folder of photos is only listed: its splits stream to the workers (folders.py)."""
-    if folders.is_folder(cfg.data):
-        return _prepare_folder(cfg)
-    if cfg.data_classes or cfg.strict:
-        flag = "--classes" if cfg.data_classes else "--strict"
-        raise ConfigError(f"{flag}: applies to a folder of photos; {cfg.data} holds SIGNS "
-                          ".h5 files (`resnet-ray data import --classes` chooses their classes)")
-    train, test = load_data_dir(embedded.resolve(cfg.data))
-    cfg.input_shape, cfg.classes = train.input_shape, list(train.classes)
-    cfg.validate()
-    if cfg.val_fraction:
-        train, val = split_validation(train, cfg.val_fraction, cfg.seed)
-    else:
-        val = test
-    if len(train) < cfg.update_batch_size:
-        accumulate = f" x accumulate {cfg.accumulate}" if cfg.accumulate > 1 else ""
-        raise ConfigError(f"batch_size: {cfg.batch_size}{accumulate} is larger than the "
-                          f"{len(train)} training images in {train.source}")
-    return cfg, train, val, test
-
-
-def _prepare_folder(cfg: TrainConfig):
-    from .data import parse_classes
-
-    if cfg.num_workers == 0:
-        raise ConfigError(f"num_workers: a folder of photos ({cfg.data}) streams to Ray Train "
-                          "workers through Ray Data; expected 1 or more, got 0")
-    classes = parse_classes(cfg.data_classes) if cfg.data_classes else None
-    data = folders.list_folder(cfg.data, classes, cfg.val_fraction, tuple(cfg.input_shape[:2]))
-    cfg.classes = list(data.classes)
-    cfg.validate()
-    train, val, test = (data.split(s) for s in folders.SPLITS)
-    if len(train) < cfg.update_batch_size:
-        raise ConfigError(f"batch_size: {cfg.update_batch_size} is larger than the {len(train)} "
-                          f"training images in {train.source}")
-    return cfg, train, val, test
+def join_cluster(lean: bool = True) -> list:
+    """Join the cluster (or start this run's own) and return its nodes: what a plan's layout
+    is chosen from."""
+    init_ray(lean=lean)
+    return cluster_nodes()
 
 
 def _report_log_callback(path: str):
@@ -93,12 +58,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     worker.train_loop_per_worker(loop_config)
 
 
-def build_trainer(cfg: TrainConfig, data, callbacks=(), board=None,
-                  score: tuple[str, str] = SCORE):
-    """The project's Ray Train trainer for a checked config; data = (train, validation);
-    board: the actor rank 0 posts its progress to (resnet_ray/progress.py); score: the
-    metric and mode that choose which checkpoints are kept (a search's own)."""
-    import ray
+def build_trainer(plan: Plan, callbacks=(), board=None):
+    """The project's Ray Train trainer for a plan; board: the actor rank 0 posts its
+    progress to (resnet_ray/progress.py)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.config import LoggingConfig
     # TensorflowTrainer is this trainer with Ray's TensorflowConfig; both import TensorFlow,
@@ -107,27 +69,19 @@ def build_trainer(cfg: TrainConfig, data, callbacks=(), board=None,
 
     from .tf_backend import TensorflowConfig
 
-    local = cfg.num_workers == 0
-    callbacks = list(callbacks)
-    datasets, data_config = None, None
-    if isinstance(data[0], folders.FolderSplit):
-        from ray.train import DataConfig
-
-        # Every worker validates on all of the validation split, as with .h5 data.
-        datasets = {"train": folders.dataset(data[0], shuffle_seed=cfg.seed),
-                    "validation": folders.dataset(data[1])}
-        data_config = DataConfig(datasets_to_split=["train"],
-                                 execution_options=folders.ingest_options())
-        data = {"stream": {"train": len(data[0]), "validation": len(data[1])}}
+    cfg, callbacks = plan.config, list(callbacks)
+    datasets, data_config, feed = plan.source.trainer_inputs(cfg, shared=not plan.in_process)
     if not is_remote(cfg.storage):
-        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-        cfg.save(Path(cfg.run_dir) / CONFIG_FILE)
-        if not local:
-            callbacks.append(_report_log_callback(str(Path(cfg.run_dir) / REPORTS_FILE)))
+        run_dir = Path(cfg.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / CONFIG_FILE)
+        (run_dir / PLAN_FILE).write_text(json.dumps(plan.record(), indent=2) + "\n")
+        if not plan.in_process:  # Ray Train's local mode runs no callbacks
+            callbacks.append(_report_log_callback(str(run_dir / REPORTS_FILE)))
     return DataParallelTrainer(
         train_loop_per_worker, backend_config=TensorflowConfig(),
-        train_loop_config={"config": cfg.to_dict(), "data": data if local or datasets
-                           else ray.put(data), "board": board, "score": score},
+        train_loop_config={"config": cfg.to_dict(), "feed": feed, "board": board,
+                           "store": plan.store(), "in_process": plan.in_process},
         datasets=datasets, dataset_config=data_config,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
@@ -135,58 +89,33 @@ def build_trainer(cfg: TrainConfig, data, callbacks=(), board=None,
             name=cfg.name, storage_path=cfg.storage,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints,
-                                               checkpoint_score_attribute=score[0],
-                                               checkpoint_score_order=score[1]),
+                                               checkpoint_score_attribute=plan.score[0],
+                                               checkpoint_score_order=plan.score[1]),
             worker_runtime_env={"env_vars": {**worker_env_vars(), **testhooks.forwarded_env()}},
             logging_config=LoggingConfig(log_level="WARNING"),
             callbacks=callbacks),
     )
 
 
-def _best_checkpoint(cfg: TrainConfig, result):
-    import ray.train
-
-    if cfg.num_workers == 0:
-        path = LocalCheckpoints(cfg.run_dir, cfg.keep_checkpoints).best()
-        return ray.train.Checkpoint.from_directory(str(path)) if path else None
-    return result.get_best_checkpoint(*SCORE) or result.checkpoint
-
-
-def finished_epochs(cfg: TrainConfig) -> int | None:
-    """How many epochs a Ray run in local storage already holds, when that is all it was
-    asked for: re-running it only exports, without starting a worker."""
-    if cfg.num_workers == 0 or is_remote(cfg.storage):
-        return None
-    done = complete_checkpoints(cfg.run_dir)
-    if not done or not (Path(cfg.run_dir) / RAY_SNAPSHOT).exists():
-        return None
-    epoch = checkpoint_score(done[-1], "epoch")
-    return int(epoch) if epoch is not None and epoch >= cfg.epochs else None
-
-
-def _fit(cfg: TrainConfig, train, val, quiet: bool):
+def _fit(plan: Plan, quiet: bool):
     import ray.train
 
     from .progress import TrainProgress
     from .waiting import PlacementWatch
 
-    local = cfg.num_workers == 0
-    if not local:
-        init_ray(lean=True)
-    cfg, layout_line = choose_layout(cfg, [] if local else cluster_nodes())
+    cfg, source = plan.config, plan.source
     if not quiet:
-        console.result(f"training {cfg.model} for {cfg.epochs} epochs: {len(train)} training "
-                       f"and {len(val)} validation images; run {cfg.run_dir}")
-        console.result(layout_line)
-    progress = None if local or console.verbose() else TrainProgress(
-        cfg.epochs, len(train) // cfg.update_batch_size)
-    if isinstance(train, folders.FolderSplit):
-        folders.count_skipped(train.data, cfg.strict)
+        console.result(f"training {cfg.model} for {cfg.epochs} epochs: {source.train_images} "
+                       f"training and {source.val_images} validation images; run "
+                       f"{cfg.run_dir}")
+        console.result(plan.layout_line)
+    progress = None if plan.in_process or console.verbose() else TrainProgress(
+        cfg.epochs, source.train_images // cfg.update_batch_size)
     say = progress.note if progress else lambda line: print(line, flush=True)
     try:
         with progress or contextlib.nullcontext(), \
-                contextlib.nullcontext() if local else PlacementWatch(say):
-            return build_trainer(cfg, (train, val), board=progress and progress.board).fit()
+                contextlib.nullcontext() if plan.in_process else PlacementWatch(say):
+            return build_trainer(plan, board=progress and progress.board).fit()
     except ray.train.TrainingFailedError as exc:
         raise RunFailed(f"training run {cfg.run_dir} failed beyond --max-failures "
                         f"{cfg.max_failures}; its checkpoints are kept and the same command "
@@ -200,35 +129,25 @@ def run_training(cfg: TrainConfig, quiet: bool = False):
 
     from .export import export_checkpoint, format_test_score
 
-    cfg, train, val, test = prepare_config(cfg)
-    if cfg.num_workers == 0 and is_remote(cfg.storage):
-        raise ConfigError(f"storage: a single-process run (num_workers 0) keeps checkpoints "
-                          f"on a local path, got {cfg.storage!r}")
-    if not is_remote(cfg.storage):
-        check_checkpoints(cfg.run_dir)
-        check_same_run(cfg)
-    if (epochs := finished_epochs(cfg)) is not None:
+    plan = resolve(cfg, join_cluster)
+    plan.source.prepare(plan.config.strict)
+    if plan.finished is not None:
         if not quiet:
-            console.result(f"run {cfg.run_dir} already holds {epochs} epochs: nothing to train")
+            console.result(plan.layout_line)
         with console.quiet_stderr():  # Ray notes on stderr that it read the run's snapshot
-            result = ray.train.Result.from_path(cfg.run_dir)
+            result = ray.train.Result.from_path(plan.run_dir)
     else:
-        result = _fit(cfg, train, val, quiet)
+        result = _fit(plan, quiet)
     if cfg.export:
-        best = _best_checkpoint(cfg, result)
+        best = best_checkpoint(plan.run_dir, plan.score, result)
         if best is None:
-            raise ConfigError(f"{cfg.run_dir}: the run left no checkpoint to export")
-        if isinstance(test, folders.FolderSplit):
-            init_ray()
-            folders.count_skipped(test.data)
-        meta = export_checkpoint(best, cfg.export, extra={"run_dir": cfg.run_dir},
-                                 data=(train, val, test))
+            raise ConfigError(f"{plan.run_dir}: the run left no checkpoint to export")
+        meta = export_checkpoint(best, cfg.export, plan, extra={"run_dir": plan.run_dir})
         if not quiet:
             print(f"exported best checkpoint ({best.path}) to {cfg.export}", flush=True)
             print(format_test_score(meta), flush=True)
-    if isinstance(train, folders.FolderSplit) and not quiet:
-        if line := folders.skipped_line(train.data):
-            print(line, file=sys.stderr, flush=True)
+    if not quiet and (line := plan.source.warning()):
+        print(line, file=sys.stderr, flush=True)
     return result
 
 

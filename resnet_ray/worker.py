@@ -1,5 +1,5 @@
 """One worker's training: `train_loop_per_worker`, the same function for N Ray Train workers
-and for one local process (num_workers 0).
+and for one local process (num_workers 0); the driver's plan says which (resnet_ray/plan.py).
 
 Each worker builds the model inside its strategy's scope, trains on its shard of every
 global batch, and at every epoch end validates the synchronised weights and reports; rank 0
@@ -13,23 +13,17 @@ import logging
 import os
 import resource
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import console, testhooks
-from .checkpoints import (LocalCheckpoints, RayCheckpoints, restore_checkpoint,
-                          save_checkpoint)
+from .checkpoints import restore_checkpoint, save_checkpoint
 from .config import TrainConfig, is_remote
-from .folders import ValidationStream
-from .input_pipeline import make_dataset_fn, make_stream_fn
 from .keras_backend import check_keras_flavour, keras, tf
-from .layout import resolve_precision
 from .optim import (averaged_weights, build_compiled, communication_line, lr_at,
                     make_strategy)
-from .predict import predict_probs
 from .progress import epoch_line, step_sender
 from .runtime import MALLOC_KEEP_VAR, limit_threads
 
@@ -115,35 +109,11 @@ def tensorboard_dir(cfg: TrainConfig) -> str | None:
     return None if is_remote(cfg.storage) else str(Path(cfg.run_dir) / "tensorboard")
 
 
-def _log_layout(cfg: TrainConfig, strategy_name: str, world: int, tf_threads: int,
-                precision: str, board) -> None:
+def _log_layout(cfg: TrainConfig, strategy_name: str, world: int, tf_threads: int) -> None:
     kept = ", freed memory kept" if MALLOC_KEEP_VAR in os.environ else ""
     print(f"strategy: {strategy_name}, {world} worker(s) x {cfg.cpus_per_worker} CPU "
           f"({tf_threads} TensorFlow thread(s) each{kept}), global batch {cfg.batch_size}, "
-          f"precision {precision}", flush=True)
-    if cfg.precision == "auto" and board is not None:
-        why = "a GPU" if cfg.use_gpu else ("bfloat16 instructions" if precision != "float32"
-                                           else "no bfloat16 instructions")
-        board.put.remote({"note": f"precision: {precision} (auto: the workers have {why})"})
-
-
-def _inputs(data, cfg: TrainConfig):
-    """(training images, dataset_fn(first epoch), validate(model) -> (probabilities,
-    labels)) for arrays from a SIGNS file, or for this worker's shards of a photo folder."""
-    import ray
-    import ray.train
-
-    if isinstance(data, dict):  # a photo folder, streamed by Ray Data
-        shard, val_shard = (ray.train.get_dataset_shard(n) for n in ("train", "validation"))
-        steps = data["stream"]["train"] // cfg.update_batch_size
-        return (data["stream"]["train"], partial(make_stream_fn, shard, cfg, steps),
-                ValidationStream(val_shard, cfg.keep_images))
-    train, val = ray.get(data) if isinstance(data, ray.ObjectRef) else data
-
-    def validate(model):
-        return predict_probs(model, val.x), val.y
-
-    return len(train), partial(make_dataset_fn, train, cfg), validate
+          f"precision {cfg.precision}", flush=True)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -151,27 +121,24 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
 
     check_keras_flavour()
-    cfg = TrainConfig.from_dict(loop_config["config"])
+    cfg = TrainConfig.from_dict(loop_config["config"])  # the plan's: nothing left open
     board = loop_config.get("board")  # the driver's progress view, when it shows one
-    train_images, make_fn, validate = _inputs(loop_config["data"], cfg)
-    local = cfg.num_workers == 0
-    if not local:
+    in_process, store = loop_config["in_process"], loop_config["store"]
+    train_images, make_fn, validate = loop_config["feed"].inputs(cfg)
+    if not in_process:
         limit_threads(cfg.cpus_per_worker)
     elif not console.verbose():
         # Ray Train's local mode logs every report at INFO on this console.
         logging.getLogger("ray.train").setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    store = LocalCheckpoints(cfg.run_dir, cfg.keep_checkpoints, loop_config["score"]) \
-        if local else RayCheckpoints()
     keras.utils.set_random_seed(cfg.seed)
 
-    strategy, strategy_name = make_strategy(world, local, cfg)
+    strategy, strategy_name = make_strategy(world, cfg)
     tf_threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
     steps = train_images // cfg.update_batch_size
-    precision = resolve_precision(cfg.precision, cfg.use_gpu)
     with strategy.scope():
-        model, optimizer = build_compiled(cfg, steps, precision)
+        model, optimizer = build_compiled(cfg, steps, cfg.precision)
     if rank == 0 and world > 1:
         print(communication_line(cfg, model, world), flush=True)
     # Validation in float32 scores the weights as they are exported and served.
@@ -191,14 +158,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 board.put.remote({"note": note})
     if state["epoch"] >= cfg.epochs:
         return
-    if rank == 0 and not local:
-        _log_layout(cfg, strategy_name, world, tf_threads, precision, board)
+    if rank == 0 and not in_process:
+        _log_layout(cfg, strategy_name, world, tf_threads)
 
     tb_dir = tensorboard_dir(cfg) if rank == 0 else None
     run_info = {"rank": rank, "world_size": world, "strategy": strategy_name,
                 "node_id": ray.get_runtime_context().get_node_id()
                 if ray.is_initialized() else "local", "tf_threads": tf_threads,
-                "precision": precision}
+                "precision": cfg.precision}
     reporter = EpochReporter(cfg, state, validate, local_model, optimizer, store, run_info,
                              steps, tf.summary.create_file_writer(tb_dir) if tb_dir else None, board)
     senders = [step_sender(board)] if board is not None and rank == 0 else []

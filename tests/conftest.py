@@ -49,6 +49,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def plan_of(cfg, cpus: int = 2):
+    """The plan of a config on a one-node cluster of `cpus` CPUs, without starting Ray."""
+    from resnet_ray.layout import Node
+    from resnet_ray.plan import resolve
+
+    return resolve(cfg, lambda: [Node(cpus=cpus)])
+
+
 def run_cli(*args, cwd=None, env=None, timeout=600):
     """Run `resnet-ray ARGS` in a fresh interpreter, as a user would. With the shared
     cluster up, the command joins it through RAY_ADDRESS."""

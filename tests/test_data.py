@@ -248,11 +248,11 @@ def test_validation_split_is_stratified_grouped_and_repeatable():
 
 def test_training_validates_on_a_split_of_the_training_file_never_on_the_test_file(synth_dir):
     from resnet_ray.config import TrainConfig
-    from resnet_ray.train import prepare_config
+    from resnet_ray.sources import open_source
 
     train_file, test_file = load_data_dir(synth_dir)
-    cfg, train, val, test = prepare_config(TrainConfig(data=str(synth_dir), model="tiny",
-                                                       batch_size=8, num_workers=0))
+    source = open_source(TrainConfig(data=str(synth_dir), model="tiny", batch_size=8))
+    train, val, test = source.train, source.val, source.test
     file_rows = {img.tobytes() for img in train_file.x}
     test_rows = {img.tobytes() for img in test_file.x}
     assert len(val) and all(img.tobytes() in file_rows for img in val.x)
@@ -260,9 +260,8 @@ def test_training_validates_on_a_split_of_the_training_file_never_on_the_test_fi
     assert not {img.tobytes() for img in train.x} & {img.tobytes() for img in val.x}
     np.testing.assert_array_equal(test.x, test_file.x)
     # val_fraction 0 is the seed recipe's way: validate on the test file, train on all of it
-    cfg0, train0, val0, _ = prepare_config(TrainConfig(data=str(synth_dir), model="tiny",
-                                                       batch_size=8, num_workers=0,
-                                                       val_fraction=0.0))
+    source0 = open_source(TrainConfig(data=str(synth_dir), val_fraction=0.0))
+    train0, val0 = source0.train, source0.val
     assert len(train0) == len(train_file)
     np.testing.assert_array_equal(val0.x, test_file.x)
 

@@ -10,9 +10,8 @@ from resnet_ray import embedded
 from resnet_ray.config import TrainConfig
 from resnet_ray.data import load_data_dir
 from resnet_ray.errors import DataError
-from resnet_ray.train import prepare_config
 
-from conftest import assert_user_error
+from conftest import assert_user_error, plan_of
 
 
 @pytest.fixture(autouse=True)
@@ -38,8 +37,9 @@ def test_the_package_holds_the_photos_their_license_and_checksum():
 @pytest.mark.parametrize("name, classes", [("builtin:sign-digits", list(range(6))),
                                            ("builtin:sign-digits-10", list(range(10)))])
 def test_builtin_names_train_on_a_held_out_split(name, classes):
-    cfg, train, val, test = prepare_config(TrainConfig(data=name))
-    assert cfg.classes == classes and cfg.input_shape == (64, 64, 3) and cfg.data == name
+    plan = plan_of(TrainConfig(data=name))
+    cfg, train, val, test = plan.config, plan.source.train, plan.source.val, plan.source.test
+    assert plan.source.kind == "builtin" and cfg.classes == classes and cfg.input_shape == (64, 64, 3) and cfg.data == name
     per_digit = embedded.manifest()["per_digit"]
     assert len(train) + len(val) + len(test) == sum(per_digit[str(c)] for c in classes)
     assert 0.08 < len(test) / (len(train) + len(val) + len(test)) < 0.12

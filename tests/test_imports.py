@@ -1,6 +1,6 @@
 """What a process imports decides how fast it starts: serving never loads the training code,
 and the process that builds the Ray Train trainer (a Tune trial, Train's controller) never
-loads TensorFlow, which only the workers use (docs/performance.md, "Start-up")."""
+loads TensorFlow, which only the workers use (docs/performance.md, "What the defaults do")."""
 
 import subprocess
 import sys
@@ -22,9 +22,10 @@ def test_serving_loads_no_training_code():
 def test_building_the_trainer_loads_no_tensorflow(synth_dir, tmp_path):
     loaded = _modules_after(f"""
 from resnet_ray.config import TrainConfig
-from resnet_ray.train import build_trainer, prepare_config
-cfg, train, val, _ = prepare_config(TrainConfig(data={str(synth_dir)!r}, model="tiny",
-                                                num_workers=0, storage={str(tmp_path)!r}))
-build_trainer(cfg, (train, val))  # its backend is what Train's controller unpickles
+from resnet_ray.plan import resolve
+from resnet_ray.train import build_trainer
+plan = resolve(TrainConfig(data={str(synth_dir)!r}, model="tiny", num_workers=0,
+                           storage={str(tmp_path)!r}), join=None)
+build_trainer(plan)  # its backend is what Train's controller unpickles
 """)
     assert "resnet_ray.train" in loaded and "tensorflow" not in loaded

@@ -4,9 +4,12 @@ mixed-precision model they train."""
 import numpy as np
 import pytest
 
+from resnet_ray import layout
 from resnet_ray.config import TrainConfig
 from resnet_ray.errors import ConfigError
 from resnet_ray.layout import Node, choose_layout, resolve_precision
+
+AVX2, BF16 = frozenset({"avx2", "fma"}), frozenset({"avx512f", "avx512_bf16"})
 
 
 def _layout(nodes, **given):
@@ -14,30 +17,37 @@ def _layout(nodes, **given):
 
 
 def test_one_host_gets_one_worker_with_all_its_cpus():
-    cfg, line = _layout([Node(cpus=2)])
+    cfg, line = _layout([Node(cpus=2, flags=AVX2)])
     assert (cfg.num_workers, cfg.cpus_per_worker, cfg.allreduce_dtype) == (1, 2, "float32")
-    assert line.startswith("layout: 1 worker(s) x 2 CPU, precision auto (one worker per node")
+    assert line.startswith("layout: 1 worker(s) x 2 CPU, precision float32 (one worker per "
+                           "node with its CPUs (1 node(s), 2 CPUs); auto precision: the "
+                           "workers have no bfloat16 instructions")
+    # A search's trial: one worker with a node's CPUs, trials side by side, one per node.
+    cfg, line = choose_layout(TrainConfig(data="-"), [Node(4, flags=AVX2)] * 3, search=True)
+    assert (cfg.num_workers, cfg.cpus_per_worker) == (1, 4) and "side by side (3 node" in line
 
 
 def test_cpu_nodes_get_one_worker_each_and_a_float16_all_reduce():
     # A head node started with 0 CPUs (as on KubeRay) gets no worker.
-    cfg, line = _layout([Node(cpus=0), Node(cpus=8), Node(cpus=4)])
+    cfg, line = _layout([Node(cpus=0), Node(cpus=8, flags=AVX2), Node(cpus=4, flags=AVX2)])
     assert (cfg.num_workers, cfg.cpus_per_worker, cfg.allreduce_dtype) == (2, 4, "float16")
     assert "float16 all-reduce" in line
     # Three nodes and a global batch of 32: two workers, and the line says why.
-    cfg, line = _layout([Node(4)] * 3)
+    cfg, line = _layout([Node(4, flags=AVX2)] * 3)
     assert cfg.num_workers == 2 and "split the global batch 32 evenly" in line
 
 
 def test_given_flags_win():
-    cfg, line = _layout([Node(cpus=2)], num_workers=2)
-    assert (cfg.num_workers, cfg.cpus_per_worker, cfg.allreduce_dtype) == (2, 1, "float32")
-    assert "as given" in line
-    cfg, _ = _layout([Node(8), Node(8)], num_workers=2, cpus_per_worker=3,
-                     allreduce_dtype="bfloat16")
+    cfg, line = _layout([Node(cpus=2, flags=BF16)], num_workers=2, precision="float32")
+    assert (cfg.num_workers, cfg.cpus_per_worker, cfg.allreduce_dtype, cfg.precision) == \
+        (2, 1, "float32", "float32")
+    assert "as given" in line and "precision as given" in line
+    cfg, _ = _layout([Node(8, flags=AVX2), Node(8, flags=AVX2)], num_workers=2,
+                     cpus_per_worker=3, allreduce_dtype="bfloat16")
     assert (cfg.num_workers, cfg.cpus_per_worker, cfg.allreduce_dtype) == (2, 3, "bfloat16")
-    cfg, _ = _layout([Node(2)], num_workers=0)
-    assert cfg.num_workers == 0 and cfg.allreduce_dtype == "float32"
+    cfg, line = layout.in_process(TrainConfig(data="-", num_workers=0, precision="float32"))
+    assert (cfg.num_workers, cfg.allreduce_dtype, cfg.cpus_per_worker) == (0, "float32", 1)
+    assert line.startswith("layout: this process")
 
 
 def test_gpus_get_one_worker_each_or_a_clear_error():
@@ -48,7 +58,10 @@ def test_gpus_get_one_worker_each_or_a_clear_error():
         _layout([Node(cpus=2)], use_gpu=True)
 
 
-def test_auto_precision_follows_the_hardware():
+def test_auto_precision_follows_the_workers_hardware():
+    cfg, line = _layout([Node(cpus=0), Node(cpus=2, flags=BF16)])
+    assert cfg.precision == "mixed_bfloat16" and "workers have bfloat16 instructions" in line
+    assert _layout([Node(2, gpus=1)], use_gpu=True)[0].precision == "mixed_float16"
     assert resolve_precision("auto", False, {"avx512f", "avx512_bf16"}) == "mixed_bfloat16"
     assert resolve_precision("auto", False, {"amx_bf16"}) == "mixed_bfloat16"
     assert resolve_precision("auto", False, {"avx2", "fma"}) == "float32"

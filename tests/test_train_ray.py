@@ -14,11 +14,10 @@ import pytest
 
 from resnet_ray import waiting
 from resnet_ray.config import TrainConfig
-from resnet_ray.layout import choose_layout
 from resnet_ray.modeldir import load_model_dir
 from resnet_ray.train import REPORTS_FILE, run_training
 
-from conftest import assert_user_error
+from conftest import assert_user_error, plan_of
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_cluster")]
 
@@ -102,8 +101,8 @@ def test_two_workers_train_and_export(two_worker_run):
     assert model.output_shape == (None, 6)
     checkpoints = sorted(Path(cfg.run_dir).glob("checkpoint_epoch_*"))
     assert checkpoints, "no checkpoint kept"
-    for ckpt in checkpoints:  # the config travels with every checkpoint
-        assert TrainConfig.load(ckpt / "config.json").to_dict() == cfg.to_dict()
+    for ckpt in checkpoints:  # the run's plan travels with every checkpoint
+        assert TrainConfig.load(ckpt / "config.json") == plan_of(cfg).config
     assert list((Path(cfg.run_dir) / "tensorboard").glob("events.out.tfevents.*"))
 
 
@@ -157,10 +156,10 @@ def test_one_and_two_workers_learn_alike(two_worker_run, tiny_model_dir, synth_d
     # Plain Keras in this process: the session's tiny model is that run (num_workers 0).
     plain_dir = tiny_model_dir.parent / "runs" / "tiny"
     plain = TrainConfig.load(plain_dir / CONFIG_FILE)
-    same = {"storage", "name", "export", "input_shape", "classes"}
+    same = {"storage", "name", "export"}
     assert {k: v for k, v in plain.to_dict().items() if k not in same} == \
-        {k: v for k, v in choose_layout(_config(synth_dir, tmp_path, num_workers=0),
-                                        [])[0].to_dict().items() if k not in same}
+        {k: v for k, v in plan_of(_config(synth_dir, tmp_path, num_workers=0)).config
+         .to_dict().items() if k not in same}
     last = complete_checkpoints(plain_dir)[-1]
     assert checkpoint_score(last, "epoch") == two.epochs
     losses = {0: checkpoint_score(last, "loss"), 2: result.metrics["loss"]}
@@ -170,7 +169,7 @@ def test_one_and_two_workers_learn_alike(two_worker_run, tiny_model_dir, synth_d
     one = _config(synth_dir, tmp_path, num_workers=1, name="w1", export=None,
                   storage=str(tmp_path / "runs1"), cpus_per_worker=os.cpu_count())
     losses[1] = run_training(one, quiet=True).metrics["loss"]
-    for cfg in (two, one):
+    for cfg in (plan_of(two).config, plan_of(one).config):
         reports = [r for r in _reports(cfg.run_dir) if r["epoch"] <= 2]
         assert {r["strategy"] for r in reports} == {
             "MultiWorkerMirroredStrategy" if cfg.num_workers == 2 else
@@ -194,10 +193,10 @@ def test_uneven_global_batch_is_refused(cli, synth_dir, tmp_path):
 def test_a_gpu_run_asks_ray_for_one_gpu_per_worker(synth_dir, tmp_path):
     """What can be checked without a GPU: the placement request (bench/gpu_check.sh runs the
     rest on a GPU machine)."""
-    from resnet_ray.train import build_trainer, prepare_config
+    from resnet_ray.train import build_trainer
 
-    cfg, train, val, _ = prepare_config(_config(synth_dir, tmp_path, use_gpu=True,
-                                                cpus_per_worker=4))
-    trainer = build_trainer(cfg, (train, val))
+    plan = plan_of(_config(synth_dir, tmp_path, use_gpu=True, cpus_per_worker=4))
+    assert plan.config.precision == "mixed_float16"
+    trainer = build_trainer(plan)
     assert trainer.scaling_config.num_workers == 2
     assert trainer.scaling_config._resources_per_worker_not_none == {"CPU": 4, "GPU": 1}

@@ -28,6 +28,14 @@ def test_shipped_search_spaces_load(path):
     assert spec.num_samples >= 4
 
 
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_resnet50_searches_leave_each_trial_the_automatic_layout(path):
+    """One worker with a node's CPUs per trial: 2 x 1 CPU on one host gains nothing."""
+    train = load_spec(path).train
+    if train.get("model", "resnet50") == "resnet50":
+        assert not {"num_workers", "cpus_per_worker"} & set(train), path.name
+
+
 def test_one_shipped_config_searches_more_than_lr_and_batch_size():
     assert any(set(load_spec(p).search_space) - {"lr", "batch_size"} for p in CONFIGS)
 
@@ -88,10 +96,10 @@ def test_asha_stops_a_trial_below_its_first_rung_cutoff():
 
     from ray.tune.schedulers import TrialScheduler
 
-    from resnet_ray.tune import _scheduler
+    from resnet_ray.tune_space import scheduler as make_scheduler
 
     spec = load_spec(SMOKE_SEARCH)
-    scheduler = _scheduler(spec, spec.train["epochs"])
+    scheduler = make_scheduler(spec, spec.train["epochs"])
     scheduler.set_search_properties(spec.metric, spec.mode)  # as tune.TuneConfig passes them
     trials = {name: SimpleNamespace(trial_id=name) for name in ("first", "worse", "better")}
     for trial in trials.values():

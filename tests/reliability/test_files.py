@@ -190,7 +190,7 @@ def test_a_name_reused_for_an_incompatible_run_is_refused_before_training(cli, s
 
 
 def test_a_checkpoint_cut_off_while_written_or_pruned_is_ignored(tiny_model_dir, tmp_path):
-    from resnet_ray.checkpoints import best_checkpoint_dir, check_checkpoints
+    from resnet_ray.checkpoints import best_checkpoint, check_checkpoints
 
     source = sorted((tiny_model_dir.parent / "runs" / "tiny").glob("checkpoint_epoch_*"))[-1]
     whole = tmp_path / "checkpoint_epoch_0001"
@@ -202,17 +202,18 @@ def test_a_checkpoint_cut_off_while_written_or_pruned_is_ignored(tiny_model_dir,
     state["metrics"]["val_accuracy"] = 2.0  # would win if it counted
     (cut / "state.json").write_text(json.dumps(state))
     check_checkpoints(str(tmp_path))  # no error: nothing damaged, one incomplete
-    assert best_checkpoint_dir(tmp_path) == whole
+    assert best_checkpoint(str(tmp_path)).path == str(whole)
 
 
-@pytest.mark.parametrize("score, best", [(("val_accuracy", "max"), 2), (("val_loss", "min"), 1)])
+@pytest.mark.parametrize("score, best", [(("val_accuracy", "max"), 4), (("val_loss", "min"), 1)])
 def test_a_run_keeps_and_exports_its_best_checkpoint_by_its_score(tiny_model_dir, tmp_path,
                                                                  monkeypatch, score, best):
     """A search that ranks by validation loss keeps (and exports) each trial's best by loss,
-    also where the best-accuracy epoch is another one."""
+    also where the best-accuracy epoch is another one; of equal scores, the later epoch is
+    kept and exported, as Ray Train keeps them."""
     import ray.train
 
-    from resnet_ray.checkpoints import LocalCheckpoints
+    from resnet_ray.checkpoints import LocalCheckpoints, best_checkpoint
 
     monkeypatch.setattr(ray.train, "report", lambda metrics: None)  # no Train session here
     source = sorted((tiny_model_dir.parent / "runs" / "tiny").glob("checkpoint_epoch_*"))[-1]
@@ -225,12 +226,14 @@ def test_a_run_keeps_and_exports_its_best_checkpoint_by_its_score(tiny_model_dir
         return write
 
     store = LocalCheckpoints(str(tmp_path), keep=1, score=score)
-    for epoch, loss, accuracy in [(1, 0.30, 0.90), (2, 0.35, 0.95), (3, 0.50, 0.85)]:
+    for epoch, loss, accuracy in [(1, 0.30, 0.90), (2, 0.35, 0.95), (3, 0.50, 0.85),
+                                  (4, 0.40, 0.95), (5, 0.60, 0.80)]:
         metrics = {"epoch": epoch, "val_loss": loss, "val_accuracy": accuracy}
         store.report(metrics, writer(metrics), rank=0)
     kept = sorted(p.name for p in tmp_path.glob("checkpoint_epoch_*"))
-    assert kept == [f"checkpoint_epoch_{best:04d}", "checkpoint_epoch_0003"]  # best + latest
-    assert store.best() == tmp_path / f"checkpoint_epoch_{best:04d}"
+    assert kept == [f"checkpoint_epoch_{best:04d}", "checkpoint_epoch_0005"]  # best + latest
+    assert best_checkpoint(str(tmp_path), score).path == str(
+        tmp_path / f"checkpoint_epoch_{best:04d}")
 
 
 def test_a_checkpoint_pruned_while_it_is_checked_is_ignored(tiny_model_dir, tmp_path,

@@ -19,7 +19,8 @@ from resnet_ray.modeldir import load_model_dir
 from resnet_ray.checkpoints import restore_checkpoint
 from resnet_ray.optim import build_compiled
 from resnet_ray.testhooks import KILL_ENV
-from resnet_ray.train import REPORTS_FILE, prepare_config, run_training
+from resnet_ray.sources import open_source
+from resnet_ray.train import REPORTS_FILE, run_training
 
 from conftest import internal_lines, run_cli
 
@@ -55,8 +56,7 @@ def test_worker_sigkilled_at_a_random_step_is_recovered(ray_cluster, synth_dir, 
                       num_workers=2, max_failures=1, storage=str(tmp_path / "runs"),
                       name="kill", export=str(tmp_path / "model"), seed=seed)
     # The steps of the run itself: the validation split is taken out of the training file.
-    train = prepare_config(TrainConfig.from_dict(cfg.to_dict()))[1]
-    steps = EPOCHS * (len(train) // BATCH)
+    steps = EPOCHS * (open_source(cfg).train_images // BATCH)
     rng = np.random.default_rng(seed)
     step, rank = int(rng.integers(1, steps)), int(rng.integers(0, 2))
     marker = tmp_path / "killed"
