@@ -4,12 +4,11 @@ python -m bench cv --data DIR [--folds 5] [--candidate NAME="FLAGS" ...] [--epoc
 python -m bench cv --quick        # tiny model, synthetic data, 2 folds of 1 epoch
 
 DIR is a `resnet-ray data import` directory; its training and test files are pooled, so
-every photo is scored exactly once, by a model that never saw it or a near-duplicate of it
-(near-duplicate groups stay in one fold, found as `data import` finds them). For each fold
-and candidate the bench runs the training command a user types, `resnet-ray train --data
-FOLD_DIR --export ...` plus the candidate's flags, and reads the exported model's score on
-the held-out fold. A candidate's row: errors out of all photos, the error rate, and minutes.
-With no --candidate the default command is the one row.
+every photo is scored once, by a model that never saw it or a near-duplicate of it (groups
+of near-duplicates stay in one fold, found as `data import` finds them). For each fold and
+candidate the bench runs the training command a user types, `resnet-ray train --data FOLD
+--export ...` plus the candidate's flags, and reads the exported model's score on the fold
+it held out. With no --candidate the default command is the one row.
 """
 
 from __future__ import annotations
@@ -17,17 +16,16 @@ from __future__ import annotations
 import argparse
 import shlex
 import tempfile
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 
-from .common import machine, result_path, train_command, write_report
+from .common import parser, result_path, signs_dir, table, train_command, write_report
 
 
 def grouped_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
     """Fold index per photo: every group in one fold, each class spread evenly (a class's
-    groups, in a seeded random order, each go to the fold holding fewest of that class)."""
+    groups, biggest first, each go to the fold holding fewest of that class)."""
     rng = np.random.default_rng(seed)
     fold = np.full(len(labels), -1)
     for label in np.unique(labels):
@@ -36,7 +34,7 @@ def grouped_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int)
             members.setdefault(int(groups[i]), []).append(int(i))
         order = list(members)
         rng.shuffle(order)
-        order.sort(key=lambda g: -len(members[g]))  # big groups first balance best
+        order.sort(key=lambda g: -len(members[g]))
         counts = np.zeros(folds, int)
         for g in order:
             k = int(np.argmin(counts))
@@ -45,92 +43,53 @@ def grouped_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int)
     return fold
 
 
-def _pooled(data_dir: str):
-    from resnet_ray.data import Signs, duplicate_groups, load_data_dir
+def run(a: argparse.Namespace) -> dict:
+    from resnet_ray.data import Signs, duplicate_groups, load_data_dir, write_signs_dir
 
-    train, test = load_data_dir(data_dir)
-    x, y = np.concatenate([train.x, test.x]), np.concatenate([train.y, test.y])
-    return Signs(x, y, train.classes, data_dir), duplicate_groups(x, y)
-
-
-def _run_fold(pool, fold_of: np.ndarray, k: int, flags: list[str], work: Path,
-              model: str, epochs: int) -> dict:
-    from resnet_ray.data import Signs, write_signs_dir
-
-    held = fold_of == k
-    part = work / f"fold{k}"
-    write_signs_dir(part / "data", Signs(pool.x[~held], pool.y[~held], pool.classes, ""),
-                    Signs(pool.x[held], pool.y[held], pool.classes, ""))
-    done = train_command(str(part / "data"), str(part / "runs"), "cv", str(part / "model"),
-                         model, epochs, flags, f"cv: fold {k}")
-    return {"fold": k, "images": done["images"], "errors": done["images"] - done["right"],
-            "minutes": done["seconds"] / 60}
-
-
-def run(data: str | None, folds: int, candidates: dict[str, str], epochs: int, seed: int,
-        quick: bool, out: str | None) -> dict:
+    if a.data is None and not a.quick:
+        raise SystemExit("bench cv: give --data DIR (a `resnet-ray data import` directory)")
+    folds, epochs = (2, 1) if a.quick else (a.folds, a.epochs)
+    if any(len(c) != 2 or not c[0] for c in a.candidate or []):
+        raise SystemExit('bench cv: --candidate: expected NAME="FLAGS"')
+    candidates = dict(a.candidate or [("default", "")])
     with tempfile.TemporaryDirectory(prefix="bench-cv-") as tmp:
-        if data is None:
-            if not quick:
-                raise SystemExit("cv: give --data DIR (a `resnet-ray data import` directory)")
-            from resnet_ray.data import write_signs_dir
-            from resnet_ray.synth import synth_data
-
-            data = str(Path(tmp) / "synth")
-            write_signs_dir(data, *synth_data(120, 30))
-        pool, groups = _pooled(data)
-        fold_of = grouped_folds(pool.y, groups, folds, seed)
-        model = "tiny" if quick else "resnet50"
+        train, test = load_data_dir(a.data or signs_dir(Path(tmp) / "synth", 120, 30))
+        x, y = np.concatenate([train.x, test.x]), np.concatenate([train.y, test.y])
+        groups = duplicate_groups(x, y)
+        fold_of = grouped_folds(y, groups, folds, a.seed)
         rows = []
         for name, flags in candidates.items():
-            runs = [_run_fold(pool, fold_of, k, shlex.split(flags), Path(tmp) / name, model,
-                              epochs) for k in range(folds)]
+            runs = []
+            for k in range(folds):
+                part, held = Path(tmp) / name / f"fold{k}", fold_of == k
+                write_signs_dir(part / "data", Signs(x[~held], y[~held], train.classes),
+                                Signs(x[held], y[held], train.classes))
+                done = train_command(str(part / "data"), part, [
+                    "--epochs", str(epochs), *(["--model", "tiny"] if a.quick else []),
+                    *shlex.split(flags)], f"bench cv: fold {k}")
+                runs.append({"fold": k, "errors": done["images"] - done["right"],
+                             "images": done["images"], "minutes": done["seconds"] / 60})
             errors = sum(r["errors"] for r in runs)
             rows.append({"candidate": name, "flags": flags, "errors": errors,
-                         "photos": len(pool), "error_rate": errors / len(pool),
+                         "photos": len(y), "error_rate": errors / len(y),
                          "minutes": sum(r["minutes"] for r in runs), "folds": runs})
-            print(f"{name}: {errors}/{len(pool)} errors", flush=True)
-    report = {"part": "cv", "date": str(date.today()), "quick": quick, "machine": machine(),
-              "data": data, "folds": folds, "epochs": epochs, "model": model,
-              "groups": int(len(np.unique(groups))), "rows": rows}
-    write_report(report, result_path(out, "cv", quick), markdown(report))
-    return report
+            print(f"{name}: {errors}/{len(y)} errors", flush=True)
+    text = table(["candidate", "flags", "errors (per fold)", "error rate", "minutes"], [
+        [r["candidate"], f"`{r['flags'] or '(defaults)'}`", f"{r['errors']}/{r['photos']} (" +
+         ", ".join(str(f["errors"]) for f in r["folds"]) + ")", f"{r['error_rate']:.2%}",
+         f"{r['minutes']:.0f}"] for r in rows])
+    report = {"part": "cv", "quick": a.quick, "data": a.data or "synthetic", "folds": folds,
+              "epochs": epochs, "classes": train.classes, "groups": len(np.unique(groups)),
+              "rows": rows}
+    return write_report(report, result_path(a.out, "cv", a.quick), text)
 
 
-def markdown(report: dict) -> str:
-    lines = [f"Machine: {report['machine']}. {report['model']}, {report['folds']}-fold grouped "
-             f"cross-validation over every photo of {report['data']} ({report['rows'][0]['photos']}"
-             f" photos, {report['groups']} near-duplicate groups), {report['epochs']} epochs.",
-             "", "| candidate | flags | errors | error rate | minutes |", "|---|---|---|---|---|"]
-    for r in report["rows"]:
-        lines.append(f"| {r['candidate']} | `{r['flags'] or '(defaults)'}` | {r['errors']}/"
-                     f"{r['photos']} | {r['error_rate']:.2%} | {r['minutes']:.0f} |")
-    return "\n".join(lines)
-
-
-def _candidate(text: str) -> tuple[str, str]:
-    name, sep, flags = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=FLAGS, got {text!r}")
-    return name, flags
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", help="a `resnet-ray data import` directory")
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--candidate", type=_candidate, action="append",
-                        help='NAME="resnet-ray train flags" (repeatable; default: the '
-                             'default command)')
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", help="JSON path (a .md table is written beside it)")
-    args = parser.parse_args(argv)
-    candidates = dict(args.candidate or [("default", "")])
-    folds, epochs = (2, 1) if args.quick else (args.folds, args.epochs)
-    run(args.data, folds, candidates, epochs, args.seed, args.quick, args.out)
-
-
-if __name__ == "__main__":
-    main()
+def main(argv=None) -> dict:
+    p = parser("cv", __doc__)
+    p.add_argument("--data", help="a `resnet-ray data import` directory")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--candidate", type=lambda t: t.split("=", 1), action="append",
+                   help='NAME="resnet-ray train flags" (repeatable; default: the defaults)')
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    return run(p.parse_args(argv))

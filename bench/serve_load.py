@@ -1,148 +1,142 @@
-"""Serving speed: the exported ResNet-50 in process per backend, and over HTTP on loopback per
-serving setting, measured by a compiled client (`hey`) on the same machine.
+"""Serving speed and endurance, driven by Debian's compiled HTTP client `hey` on loopback.
 
-python -m bench.serve_load [--quick] [--seconds 8] [--model-dir DIR --test-data FILE] [--out F]
+python -m bench serve [--quick] [--seconds 8] [--model-dir DIR] [--settings "tf;openvino"]
+python -m bench soak [--quick] [--minutes 10] [--concurrency 32] [--model-dir DIR]
+    [--ingress haproxy|proxy]
 
-Each HTTP setting runs in its own process with its own Ray cluster, because Serve reads its
-ingress settings from the environment a cluster starts with; so no other Ray cluster may run
-on the machine. Every setting reports images/s and p50/p95/p99 per concurrency, the mean batch
-the replica formed, and the share of the machine's CPU that the client used. The levers are
-added one at a time, in the order of the table. With --model-dir and --test-data, each backend's
-predictions on that test file are compared with TensorFlow's. --quick serves the tiny model for
-a second per point: it keeps the harness working (tests/test_bench.py) and measures nothing.
+In process: each backend's predictor at batch 1 and 32. Over HTTP, each setting in a fresh
+process with its own Ray cluster (no other Ray may run here): the default service (HAProxy,
+the replica's batcher) with TensorFlow, the same with batching off, with OpenVINO, and
+OpenVINO behind Ray's Python proxy; a point gives images/s, p50/p95/p99 and status codes, and
+"x32" points send one JSON request of 32 images at a time. Speed does not depend on the
+weights: the default model is an untrained one (`resnet-ray evaluate --backend` checks a
+trained model's answers per backend).
+
+soak: `resnet-ray serve` as a user starts it, at a fixed concurrency for minutes, one PNG per
+request. After a warm-up minute, each minute records answers by status, requests with no
+answer, rate, latency and the replica's memory. A service that holds up answers 200, or 503
+when its queue is full, and its memory stops growing.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import re
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from datetime import date
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import psutil
 
-from .common import machine, result_path, untrained_model_dir, write_report
-from .http_load import ensure_hey, hey, payloads, wait_ready
+from .common import parser, fresh, result_path, table, untrained_model_dir, write_report
 
-DIRECT_PORT = 30000  # Serve's first direct-ingress port (RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT)
-PROXY_PORT = 8011
-BACKENDS = ("tf", "openvino-f32", "openvino", "openvino-int8")
-
-# (name, settings). "+ lever" adds a lever to the chain before it; "~ change" is a variant of
-# the chain so far (the chain goes on without it); any other row stands alone on BASE.
-BASE = {"backend": "tf", "ingress": "proxy", "env": {}, "access_log": True,
-        "max_batch_size": 32, "wait_s": 0.01, "replicas": 1, "threads": None,
-        "concurrency": [1, 32], "json": False, "ray_batch": False}
-THROUGHPUT = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-SETTINGS = [
-    ("tf, proxy (the old defaults)", {"concurrency": [1, 8, 32]}),
-    ("tf, proxy, batching off", {"max_batch_size": 1, "concurrency": [1, 8, 32]}),
-    ("+ access log off", {"access_log": False}),
-    ("~ RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (proxy port)", {"env": THROUGHPUT}),
-    ("~ RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (replica port)", {"env": THROUGHPUT,
-                                                           "ingress": "direct"}),
-    ("~ direct ingress (replica port)", {"ingress": "direct"}),
-    ("+ HAProxy ingress", {"ingress": "haproxy", "concurrency": [1, 8, 32], "json": True}),
-    ("~ Ray's @serve.batch", {"ray_batch": True, "concurrency": [1, 8, 32]}),
-    ("~ batching off", {"max_batch_size": 1, "concurrency": [1, 8, 32]}),
-    ("+ OpenVINO backend", {"backend": "openvino", "concurrency": [1, 8, 32], "json": True}),
-    ("~ batching off", {"max_batch_size": 1}),
-    ("~ Ray's @serve.batch", {"ray_batch": True}),
-    ("~ Ray's proxy", {"ingress": "proxy", "concurrency": [1, 8, 32], "json": True}),
-    ("~ direct ingress (replica port)", {"ingress": "direct"}),
-    ("~ wait 2 ms", {"wait_s": 0.002}),
-    ("~ max batch 8", {"max_batch_size": 8}),
-    ("~ 2 replicas x 1 thread", {"replicas": 2, "threads": 1}),
-]
-QUICK = [("tf, proxy (the old defaults)", {"concurrency": [1, 8, 32]}),
-         ("tf, proxy, batching off", {"max_batch_size": 1, "concurrency": [1, 8, 32]}),
-         ("~ Ray's @serve.batch", {"ray_batch": True})]
+PORT, SOAK_PORT = 8011, 8012
+# name: (backend, ingress, max_batch_size, concurrencies, JSON requests of 32 too)
+SETTINGS = {"tf": ("tf", "haproxy", 32, (1, 32), True),
+            "tf, batching off": ("tf", "haproxy", 1, (32,), False),
+            "openvino": ("auto", "haproxy", 32, (1, 32), False),
+            "openvino, Ray's proxy": ("auto", "proxy", 32, (1, 32), False)}
 
 
-def run_setting(spec: dict, model_dir: str, png: Path, js: Path, seconds: float) -> dict:
-    """In a fresh process (`--one`): start Ray with the setting's environment, serve, load."""
-    os.environ.update(spec["env"])
-    if spec["ingress"] == "haproxy":
-        from resnet_ray.serve_run import choose_ingress
+def ensure_hey() -> None:
+    if not shutil.which("hey"):
+        sys.exit("bench serve and soak need Debian's `hey` load generator: apt install hey")
 
-        choose_ingress("haproxy")  # as `resnet-ray serve` runs it, behind the guard
-    if spec["ingress"] == "direct":
-        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+
+def hey(url: str, body: Path, ctype: str, concurrency: int, seconds: float) -> dict:
+    """One load point: rate, latency percentiles, answers by status, requests unanswered."""
+    out = subprocess.run(["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST",
+                          "-T", ctype, "-D", str(body), "-t", "60", url],
+                         capture_output=True, text=True, check=True).stdout
+    codes = {str(c): int(n) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
+    failed = out.partition("Error distribution:")[2]  # refused, reset, timed out
+    unanswered = sum(int(n) for n, _ in re.findall(r"\[(\d+)\]\t(.+)", failed))
+    # hey prints a percentile only once it has enough requests for it (100 for p99).
+    ms = {p: float(v) * 1000 for p, v in re.findall(r"(\d+)%+ in ([\d.]+) secs", out)}
+    return {"concurrency": concurrency, "requests": sum(codes.values()) + unanswered,
+            "codes": codes, "unanswered": unanswered,
+            "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50_ms": ms.get("50"), "p95_ms": ms.get("95"), "p99_ms": ms.get("99")}
+
+
+def wait_ready(urls: list[str], timeout: float = 120, alive=None) -> str:
+    """The first of `urls` whose /healthz answers; alive(), when given, says whether the
+    server still runs: once it does not, waiting ends with a RuntimeError."""
+    deadline = time.time() + timeout
+    while True:
+        if alive is not None and not alive():
+            raise RuntimeError(f"the server for {urls[0]} exited before it answered")
+        for url in urls:
+            try:
+                urllib.request.urlopen(f"{url}/healthz", timeout=2).read()
+                return url
+            except OSError:
+                pass
+        if time.time() > deadline:
+            raise TimeoutError(f"no answer from {urls[0]} within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def payloads(tmp: Path, shape) -> tuple[Path, Path]:
+    """A PNG of random pixels and a JSON request of 32 such images."""
+    from PIL import Image
+
+    rng, buf = np.random.default_rng(0), io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, shape, np.uint8)).save(buf, format="PNG")
+    (tmp / "image.png").write_bytes(buf.getvalue())
+    (tmp / "batch.json").write_text(json.dumps(
+        {"instances": rng.integers(0, 256, (32, *shape), np.uint8).tolist()}))
+    return tmp / "image.png", tmp / "batch.json"
+
+
+def one_setting(spec: dict) -> dict:
+    """In a fresh process: a Ray cluster with the setting's ingress, the service, its load."""
     from ray import serve
 
     from resnet_ray.runtime import init_ray
     from resnet_ray.serve import DigitService
+    from resnet_ray.serve_run import choose_ingress
 
+    backend, ingress, max_batch, concurrencies, with_json = spec["setting"]
+    choose_ingress(ingress)  # as `resnet-ray serve --ingress` sets it, HAProxy behind the guard
     if not init_ray():
         sys.exit("bench serve starts its own Ray clusters: stop the running one (ray stop)")
-    serve.start(http_options={"host": "127.0.0.1", "port": PROXY_PORT})
-    options = {"num_replicas": spec["replicas"], "max_ongoing_requests": 64,
-               "max_queued_requests": 256,
-               "user_config": {"max_batch_size": spec["max_batch_size"],
-                               "batch_wait_timeout_s": spec["wait_s"]}}
-    if not spec["access_log"]:
-        options["logging_config"] = {"enable_access_log": False}
-    deployment = _with_ray_batch(DigitService) if spec["ray_batch"] else DigitService
-    serve.run(deployment.options(**options).bind(
-        model_dir, backend=spec["backend"], threads=spec["threads"]),
-        name="bench", route_prefix="/")
-    ports = range(DIRECT_PORT, DIRECT_PORT + 8) if spec["ingress"] == "direct" else [PROXY_PORT]
-    url = wait_ready([f"http://127.0.0.1:{port}" for port in ports])
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    serve.run(DigitService.options(
+        max_ongoing_requests=64, max_queued_requests=256, logging_config={
+            "enable_access_log": False}, user_config={"max_batch_size": max_batch,
+                                                      "batch_wait_timeout_s": 0.01}).bind(
+        spec["model_dir"], backend=backend), name="bench", route_prefix="/")
+    url, png, js = wait_ready([f"http://127.0.0.1:{PORT}"]), spec["png"], spec["json"]
     hey(f"{url}/predict", png, "image/png", 4, 2)  # warm-up
-    rows = [{"images": 1, **hey(f"{url}/predict", png, "image/png", c, seconds)}
-            for c in spec["concurrency"]]
+    points = [{"images": 1, **hey(f"{url}/predict", png, "image/png", c, spec["seconds"])}
+              for c in concurrencies]
+    if with_json:
+        points.append({"images": 32, **hey(f"{url}/predict", js, "application/json", 1,
+                                           spec["seconds"])})
     meta = json.loads(urllib.request.urlopen(f"{url}/metadata").read())
-    # JSON requests of 32 images: one at a time, and two at once, so that one request's
-    # reading and parsing overlaps the other's model call.
-    rows += [{"images": 32, **hey(f"{url}/predict", js, "application/json", c, seconds)}
-             for c in ((1, 2) if spec["json"] else ())]
-    sizes = {int(k): v for k, v in meta["batch_sizes"].items()}
-    for r in rows:
-        r["images_per_s"] = r["requests_per_s"] * r["images"]
     serve.shutdown()
-    return {"rows": rows, "backend": meta["backend"],
-            "mean_batch": sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values()))}
+    for p in points:
+        p["images_per_s"] = p["requests_per_s"] * p["images"]
+    return {"backend": meta["backend"], "points": points}
 
 
-def _with_ray_batch(deployment):
-    """The deployment with Ray Serve's `@serve.batch` in place of the replica's own batcher
-    (as the service was before it): the batcher's row in the table."""
-    import asyncio
-
-    from ray import serve
-
-    class RayBatched(deployment.func_or_class):
-        def reconfigure(self, user_config):
-            super().reconfigure(user_config)
-            self._ray_batch.set_max_batch_size(self.batcher.max_batch_size)
-            self._ray_batch.set_batch_wait_timeout_s(self.batcher.wait_s)
-
-        @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-        async def _ray_batch(self, images):
-            return await self._infer(images)
-
-        async def _predict(self, images):
-            if self._active == 1 and len(images) <= self.batcher.max_batch_size:
-                return await self._infer(images)
-            return await asyncio.gather(*(self._ray_batch(img) for img in images))
-
-    return deployment.options(func_or_class=RayBatched)
-
-
-def in_process(model_dir: str, backend: str, batches: list[int], seconds: float) -> list[dict]:
-    """images/s of the replica's own model call (the backend's predictor) at fixed batches."""
+def in_process(model_dir: str, backend: str, seconds: float) -> list[dict]:
     from resnet_ray.backends import load_predictor
 
     predictor, meta = load_predictor(model_dir, backend)
     rows = []
-    for batch in batches:
+    for batch in (1, 32):
         x = np.random.default_rng(0).random((batch, *meta["input_shape"]), np.float32)
         predictor(x)
         n, begin = 0, time.perf_counter()
@@ -154,165 +148,136 @@ def in_process(model_dir: str, backend: str, batches: list[int], seconds: float)
     return rows
 
 
-def agreement(model_dir: str, test_file: str, backends) -> list[dict]:
-    """Each backend against TensorFlow on held-out photos: same top class, accuracy."""
-    from resnet_ray.backends import load_predictor
-    from resnet_ray.data import load_signs
-    from resnet_ray.predict import predict_probs
+def summarize(settings: dict, local: list[dict]) -> dict:
+    """The published serving ratios, each against TensorFlow in process at batch 32."""
+    def point(name, c=32, images=1):
+        return next((p for p in settings.get(name, {}).get("points", [])
+                     if p["concurrency"] == c and p["images"] == images), None)
 
-    test = load_signs(test_file)
-    ref = predict_probs(load_predictor(model_dir, "tf")[0], test.x).argmax(1)
-    rows = []
-    for backend in backends:
-        predictor = load_predictor(model_dir, backend)[0]
-        top = predict_probs(predictor, test.x).argmax(1)
-        rows.append({"backend": predictor.description, "photos": len(test),
-                     "same_top_class": float((top == ref).mean()),
-                     "accuracy": float((top == test.y).mean()),
-                     "tf_accuracy": float((ref == test.y).mean())})
-    return rows
-
-
-def summarize(settings: list[dict], local: list[dict]) -> dict:
-    """The issue's ratios, each against TensorFlow's in-process rate at batch 32."""
-    def rate(name, images=1, c=32, after=None):
-        s = _setting(settings, name, after)
-        return next(r["images_per_s"] for r in s["rows"]
-                    if r["concurrency"] == c and r["images"] == images)
-
-    def row(name, c):
-        s = _setting(settings, name)
-        return next(r for r in s["rows"] if r["concurrency"] == c and r["images"] == 1)
-
-    tf32 = next(r["images_per_s"] for r in local if r["backend"].startswith("tf ")
+    tf32 = next(r["images_per_s"] for r in local if r["backend"].startswith("tf")
                 and r["batch"] == 32)
-    best32 = max(r["images_per_s"] for r in local if r["batch"] == 32)
-    names = [s["name"] for s in settings]
-    out = {"tf_in_process_batch32": tf32, "fastest_backend_vs_tf_batch32": best32 / tf32}
-    if "+ HAProxy ingress" in names:
-        out.update({
-            "tf_http_c32_vs_in_process": rate("+ HAProxy ingress") / tf32,
-            "tf_batching_on_vs_off_c32": rate("+ HAProxy ingress") /
-            rate("~ batching off", after="+ HAProxy ingress"),
-            "tf_batcher_vs_serve_batch_c32": rate("+ HAProxy ingress") /
-            rate("~ Ray's @serve.batch", after="+ HAProxy ingress"),
-            "openvino_batcher_vs_serve_batch_c32": rate("+ OpenVINO backend") /
-            rate("~ Ray's @serve.batch", after="+ OpenVINO backend"),
-            "tf_json32_vs_in_process": rate("+ HAProxy ingress", images=32, c=1) / tf32,
-            "tf_json32_c2_vs_in_process": rate("+ HAProxy ingress", images=32, c=2) / tf32,
-            "openvino_http_c32_vs_tf_in_process": rate("+ OpenVINO backend") / tf32,
-            "openvino_p50_ms_c1": row("+ OpenVINO backend", 1)["p50_ms"],
-            "proxy_ingress_http_c32_vs_tf_in_process":
-                rate("~ Ray's proxy") / tf32,
-            "proxy_ingress_p50_ms_c1": row("~ Ray's proxy", 1)["p50_ms"]})
-    else:
-        out["tf_batching_on_vs_off_c32"] = rate(names[0]) / rate(names[1])
-        out["tf_batcher_vs_serve_batch_c32"] = rate(names[0]) / rate(names[2])
+    out = {"tf_in_process_batch32": tf32, "fastest_backend_vs_tf_batch32":
+           max(r["images_per_s"] for r in local if r["batch"] == 32) / tf32}
+    off = point("tf, batching off")
+    ratios = {"tf_http_c32_vs_in_process": (point("tf"), tf32),
+              "tf_batching_on_vs_off_c32": (point("tf"), off and off["images_per_s"]),
+              "tf_json32_vs_in_process": (point("tf", 1, 32), tf32),
+              "openvino_http_c32_vs_tf_in_process": (point("openvino"), tf32),
+              "proxy_ingress_http_c32_vs_tf_in_process": (point("openvino, Ray's proxy"), tf32)}
+    out.update({key: top["images_per_s"] / bottom for key, (top, bottom) in ratios.items()
+                if top and bottom})
+    out.update({key: point(name, 1)["p50_ms"] for key, name in (
+        ("openvino_p50_ms_c1", "openvino"), ("proxy_ingress_p50_ms_c1", "openvino, Ray's proxy"))
+        if point(name, 1)})
     return out
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+def run(a: argparse.Namespace) -> dict:
+    from resnet_ray.modeldir import read_metadata
 
-
-def _setting(settings: list[dict], name: str, after: str | None = None) -> dict:
-    """The setting of that name (the first one after `after`, for a repeated variant)."""
-    start = next(i for i, s in enumerate(settings) if s["name"] == after) if after else 0
-    return next(s for s in settings[start:] if s["name"] == name)
-
-
-def markdown(report: dict) -> str:
-    lines = ["| setting | backend | concurrency | images/request | images/s | p50 ms | p95 ms | "
-             "p99 ms | errors | mean batch | client CPU |", "|---|---|---|---|---|---|---|---|"
-             "---|---|---|"]
-    for s in report["settings"]:
-        for r in s["rows"]:
-            lines.append(f"| {s['name']} | {s['backend']} | {r['concurrency']} | {r['images']} | "
-                         f"{r['images_per_s']:.1f} | {_ms(r['p50_ms'])} | {_ms(r['p95_ms'])} | "
-                         f"{_ms(r['p99_ms'])} | {r['errors']} | {s['mean_batch']:.1f} | "
-                         f"{r['client_cpu_share']:.0%} |")
-    lines += ["", "| in process | batch | images/s |", "|---|---|---|"]
-    lines += [f"| {r['backend']} | {r['batch']} | {r['images_per_s']:.1f} |"
-              for r in report["in_process"]]
-    if report.get("agreement"):
-        lines += ["", "| backend | held-out photos | same top class as TF | accuracy | TF's |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {r['backend']} | {r['photos']} | {r['same_top_class']:.1%} | "
-                  f"{r['accuracy']:.1%} | {r['tf_accuracy']:.1%} |" for r in report["agreement"]]
-    lines += ["", "Against TensorFlow in process at batch 32: " + ", ".join(
-        f"{k} {v:.2f}" for k, v in report["summary"].items())]
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--seconds", type=float)
-    parser.add_argument("--model-dir", help="an exported model (default: an untrained one)")
-    parser.add_argument("--test-data", help="a test_signs.h5 for the backends' agreement")
-    parser.add_argument("--out")
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.one:
-        spec = json.loads(args.one)
-        print("RESULT " + json.dumps(run_setting(spec, spec["model_dir"], Path(spec["png"]),
-                                                 Path(spec["json_body"]), spec["seconds"])))
-        return
-    seconds = args.seconds or (1.0 if args.quick else 8.0)
-    out = result_path(args.out, "serve", args.quick)
     ensure_hey()
-    import ray
-
-    ray.shutdown()  # a cluster an earlier part started here would be joined, not started
-    tmp = Path(tempfile.mkdtemp())
+    seconds = a.seconds or (1.0 if a.quick else 8.0)
+    names = [n.strip() for n in a.settings.split(";")] if a.settings else list(SETTINGS)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     try:
-        model_dir = args.model_dir or untrained_model_dir(tmp, "tiny" if args.quick else "resnet50")
-        if args.test_data and not args.quick:
-            from resnet_ray.backends import quantize
-            quantize(model_dir, Path(args.test_data).with_name("train_signs.h5"))
-        from resnet_ray.modeldir import read_metadata
+        model_dir = a.model_dir or untrained_model_dir(tmp, "tiny" if a.quick else "resnet50")
         png, js = payloads(tmp, tuple(read_metadata(model_dir)["input_shape"]))
-        settings, chain = [], dict(BASE)
-        for i, (name, change) in enumerate(QUICK if args.quick else SETTINGS):
-            # "+ lever" rows add to the chain of levers; other rows stand alone on BASE.
-            spec = {**(chain if name[:2] in ("+ ", "~ ") else BASE), **change}
-            if i == 0 or name.startswith("+ "):
-                chain = spec
-            spec = {**spec, "concurrency": change.get("concurrency", BASE["concurrency"]),
-                    "json": change.get("json", False)}
-            result = _run_one(name, spec, model_dir, png, js, seconds)
-            settings.append(result)
-        backends = ["tf"] if args.quick else [b for b in BACKENDS if b != "openvino-int8" or
-                                              args.test_data]
-        local = [r for b in backends for r in in_process(model_dir, b, [1, 8, 32],
-                                                          min(seconds, 5))]
-        agree = agreement(model_dir, args.test_data, backends[1:]) if args.test_data else []
+        settings = {}
+        for name in names:
+            settings[name] = fresh("serve_load", "one_setting", {
+                "setting": SETTINGS[name], "model_dir": model_dir, "png": str(png),
+                "json": str(js), "seconds": seconds})
+            subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"],
+                           capture_output=True)
+            print(f"{name}: " + ", ".join(f"c={p['concurrency']} x{p['images']} "
+                  f"{p['images_per_s']:.1f}/s" for p in settings[name]["points"]), flush=True)
+        local = [r for b in ("tf", "openvino-f32", "openvino")
+                 for r in in_process(model_dir, b, min(seconds, 5))]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    report = {"part": "serve", "date": str(date.today()), "quick": args.quick,
-              "machine": machine(), "model": args.model_dir or "untrained resnet50",
+    rows = [[name, s["backend"], p["concurrency"], p["images"], f"{p['images_per_s']:.1f}",
+             p["p50_ms"] or "-", p["p99_ms"] or "-", p["codes"], p["unanswered"]]
+            for name, s in settings.items() for p in s["points"]]
+    rows += [["in process", r["backend"], "-", r["batch"], f"{r['images_per_s']:.1f}"] +
+             ["-"] * 4 for r in local]
+    summary = summarize(settings, local)
+    text = table(["setting", "backend", "concurrency", "images/request", "images/s", "p50 ms",
+                  "p99 ms", "status codes", "no answer"], rows) + "\n\n" + ", ".join(
+        f"{k} {v:.2f}" for k, v in summary.items())
+    report = {"part": "serve", "quick": a.quick, "model": a.model_dir or "untrained",
               "seconds_per_point": seconds, "settings": settings, "in_process": local,
-              "agreement": agree, "summary": summarize(settings, local)}
-    write_report(report, out, markdown(report))
+              "summary": summary}
+    return write_report(report, result_path(a.out, "serve", a.quick), text)
 
 
-def _run_one(name, spec, model_dir, png, js, seconds) -> dict:
-    one = {**spec, "model_dir": str(model_dir), "png": str(png), "json_body": str(js),
-           "seconds": seconds}
-    proc = subprocess.run([sys.executable, "-m", "bench.serve_load", "--one", json.dumps(one)],
-                          capture_output=True, text=True, cwd=Path(__file__).parent.parent)
-    subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"],
-                   capture_output=True)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    if proc.returncode or not line:
-        raise RuntimeError(f"serve setting {name!r} failed:\n{proc.stdout[-2000:]}\n"
-                           f"{proc.stderr[-3000:]}")
-    result = {"name": name, **{k: v for k, v in spec.items() if k != "model_dir"},
-              **json.loads(line[len("RESULT "):])}
-    print(json.dumps({k: result[k] for k in ("name", "backend", "mean_batch", "rows")}),
-          flush=True)
-    return result
+def soak_summary(warm: dict, rows: list[dict]) -> dict:
+    codes = dict(sum((Counter(r["codes"]) for r in rows), Counter()))
+    unanswered = sum(r["unanswered"] for r in rows)
+    return {"requests": sum(r["requests"] for r in rows), "codes": codes,
+            "unanswered": unanswered, "errors_other_than_503": unanswered + sum(
+                n for c, n in codes.items() if c not in ("200", "503")),
+            "rss_after_warmup_mb": warm["rss_mb"], "rss_end_mb": rows[-1]["rss_mb"],
+            "rss_growth_mb": rows[-1]["rss_mb"] - warm["rss_mb"]}
 
 
-if __name__ == "__main__":
-    main()
+def soak(a: argparse.Namespace) -> dict:
+    ensure_hey()
+    slices, slice_s = (2, 2.0) if a.quick else (max(1, round(a.minutes)), 60.0)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-soak-"))
+    cli, server = Path(sys.executable).with_name("resnet-ray"), None
+    try:
+        model_dir = a.model_dir or untrained_model_dir(tmp, "tiny" if a.quick else "resnet50")
+        png, _ = payloads(tmp, (64, 64, 3))
+        with open(tmp / "serve.log", "w") as log:  # its own session: Ray's processes too
+            server = subprocess.Popen([str(cli), "serve", model_dir, "--port", str(SOAK_PORT),
+                                       "--ingress", a.ingress], start_new_session=True,
+                                      stdout=log, stderr=subprocess.STDOUT)
+        try:
+            url = wait_ready([f"http://127.0.0.1:{SOAK_PORT}"], timeout=300,
+                             alive=lambda: server.poll() is None)
+        except (TimeoutError, RuntimeError):
+            sys.exit(f"bench soak: `resnet-ray serve` did not answer; its output:\n"
+                     f"{(tmp / 'serve.log').read_text()[-3000:]}")
+        meta = json.loads(urllib.request.urlopen(f"{url}/metadata").read())
+        replica, rows = psutil.Process(meta["replica"]["pid"]), []
+        for minute in range(slices + 1):  # minute 0 warms up
+            rows.append({"minute": minute, **hey(f"{url}/predict", png, "image/png",
+                         a.concurrency, slice_s), "rss_mb": replica.memory_info().rss / 2 ** 20})
+            print(f"minute {minute}: {rows[-1]['requests_per_s']:.1f} requests/s, codes "
+                  f"{rows[-1]['codes']}, RSS {rows[-1]['rss_mb']:.0f} MB", flush=True)
+    finally:
+        if server is not None:
+            os.killpg(server.pid, signal.SIGINT)
+            try:
+                server.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+        subprocess.run([str(cli.with_name("ray")), "stop", "--force"], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    summary = soak_summary(rows[0], rows[1:])
+    text = table(["minute", "requests", "requests/s", "p50 ms", "p99 ms", "status codes",
+                  "no answer", "replica RSS MB"],
+                 [[r["minute"] or "warm-up", r["requests"], f"{r['requests_per_s']:.1f}",
+                   r["p50_ms"], r["p99_ms"], r["codes"], r["unanswered"],
+                   f"{r['rss_mb']:.0f}"] for r in rows])
+    report = {"part": "soak", "quick": a.quick, "model": a.model_dir or "untrained",
+              "backend": meta["backend"], "ingress": a.ingress, "concurrency": a.concurrency,
+              "minutes": rows, "summary": summary}
+    return write_report(report, result_path(a.out, "soak", a.quick), text)
+
+
+def main(argv=None) -> dict:
+    p = parser("serve", __doc__)
+    p.add_argument("--seconds", type=float)
+    p.add_argument("--settings", help=f"';'-separated, of: {'; '.join(SETTINGS)}")
+    p.add_argument("--model-dir", help="an exported model (default: an untrained one)")
+    return run(p.parse_args(argv))
+
+
+def soak_main(argv=None) -> dict:
+    p = parser("soak", __doc__)
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--model-dir", help="an exported model (default: an untrained one)")
+    p.add_argument("--ingress", default="haproxy", choices=["haproxy", "proxy"])
+    return soak(p.parse_args(argv))

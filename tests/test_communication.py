@@ -104,21 +104,18 @@ def test_bad_communication_options_are_named(field, value):
         TrainConfig(**{field: value}).validate()
 
 
-def test_scaling_model_ring_all_reduce_and_calibration_round_trip():
-    from bench.scaling import fitted_gbit_per_s, predict, ring_allreduce_s
+def test_a_ring_all_reduce_sends_2_n_minus_1_over_n_of_the_gradients_and_one_worker_none():
+    from bench.scaling import predict, ring_allreduce_s
 
     grad = 94e6
     assert ring_allreduce_s(1, grad, 10, 1e-4) == 0
-    # a ring sends 2 (N-1)/N of the data: 94 MB over 2 workers at 1 Gbit/s is 0.752 s
+    # 94 MB over 2 workers at 1 Gbit/s: 2 x 1/2 x 94 MB x 8 bits = 0.752 s
     assert ring_allreduce_s(2, grad, 1, 0) == pytest.approx(0.752)
-    one = predict(1, 32, 0.1, grad, 10)
-    assert one["efficiency"] == pytest.approx(1) and one["images_per_s"] == pytest.approx(10)
-    four = predict(4, 32, 0.1, grad, 10, latency_s=0)
-    assert four["step_s"] == pytest.approx(3.2 + 1.5 * 94e6 * 8 / 10e9)
-    assert predict(4, 32, 0.1, grad, 100)["efficiency"] > four["efficiency"]
-    # full overlap hides communication shorter than the compute
-    assert predict(4, 32, 0.1, grad, 10, latency_s=0, overlap=1)["efficiency"] == 1
-    assert fitted_gbit_per_s(2, grad, ring_allreduce_s(2, grad, 3.5, 0)) == pytest.approx(3.5)
+    # One worker neither communicates nor pays the overhead of an update of several.
+    one = predict(1, 32, 0.1, grad, 10, overhead_s=0.2)
+    assert one["efficiency"] == 1 and one["images_per_s"] == pytest.approx(10)
+    assert predict(4, 32, 0.1, grad, 100)["efficiency"] > predict(4, 32, 0.1, grad, 10)[
+        "efficiency"] > predict(4, 32, 0.1, grad, 10, overhead_s=0.2)["efficiency"]
 
 
 def _measured(label, workers, cpus, dtype="float32", accumulate=1, gbit=2.0, overhead=0.2,
@@ -165,16 +162,6 @@ def test_scaling_model_calibrates_per_core_and_predicts_each_row_without_it():
     assert check["setup"] == "3x0.67" and check["error"] == pytest.approx(0.25)
     with pytest.raises(ValueError, match="multi-worker row"):
         calibrate([], 94e6)
-
-
-def test_predicted_efficiency_counts_the_overhead_only_with_several_workers():
-    from bench.scaling import predict
-
-    one = predict(1, 16, 0.03, 94e6, 10, latency_s=0, overhead_s=0.2)
-    assert one["efficiency"] == pytest.approx(1) and one["step_s"] == pytest.approx(0.48)
-    two = predict(2, 16, 0.03, 94e6, 10, latency_s=0, overhead_s=0.2)
-    assert two["step_s"] == pytest.approx(0.48 + 94e6 * 8 / 10e9 + 0.2)
-    assert two["efficiency"] == pytest.approx(0.48 / two["step_s"])
 
 
 def test_accumulation_applies_the_mean_of_its_micro_batch_gradients():

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import yaml
 
-from bench.http_load import wait_ready
+from bench.serve_load import wait_ready
 from conftest import ROOT
 
 
