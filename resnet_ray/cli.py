@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--ingress", default="haproxy", choices=["haproxy", "proxy"],
                     help="who answers HTTP: HAProxy straight to the replicas (default; its "
                          "stats page and metrics on 127.0.0.1 only), or Ray's Python proxy, "
-                         "a third to a half of the throughput (docs/serving.md)")
+                         "slower (docs/serving.md)")
     se.add_argument("--access-log", action="store_true",
                     help="one log line per request in the replica's log (off: it costs CPU)")
     console.add_verbose_flag(se)

@@ -20,7 +20,7 @@ WORKER_ENV_VARS = {
     # to slower Eigen kernels (docs/performance.md). A value the user set wins.
     "TF_ENABLE_ONEDNN_OPTS": "1",
     # glibc's malloc keeps what TensorFlow frees for the next step instead of returning it
-    # to the kernel and faulting it back in (docs/scaling.md). Read at process start only.
+    # to the kernel and faulting it back in (docs/performance.md). Read at process start only.
     "MALLOC_MMAP_THRESHOLD_": str(32 * 2 ** 20),  # the largest glibc allows on 64-bit
     "MALLOC_TRIM_THRESHOLD_": str(16 * 2 ** 30),
     "MALLOC_TOP_PAD_": str(256 * 2 ** 20),
@@ -33,7 +33,7 @@ LOCAL_SYSTEM_CONFIG = {
     # one per CPU, they are killed after a second and restarted at a cost of seconds each).
     "num_workers_soft_limit": 16,
     # Workers at Ray's default niceness 15 lose a core to every wake-up of Ray's own
-    # processes, and TensorFlow's threads then wait for the preempted one (docs/scaling.md).
+    # processes, and TensorFlow's threads then wait for the preempted one (docs/performance.md).
     "worker_niceness": 0,
 }
 # What a local cluster for one training run leaves out. Every Ray process wakes a core

@@ -12,7 +12,7 @@ from .runtime import init_ray
 from .serve import application
 
 # Who answers HTTP: HAProxy forwarding straight to the replicas' own HTTP servers (Serve's
-# direct ingress; 2-3x the throughput of Ray's Python proxy on 2 cores, docs/serving.md), run
+# direct ingress; faster than Ray's Python proxy, docs/serving.md), run
 # behind resnet_ray.haproxy_guard, or Ray's proxy.
 INGRESS = ("haproxy", "proxy")
 

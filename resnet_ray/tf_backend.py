@@ -5,7 +5,7 @@ with that config), from a module that does not import TensorFlow.
 Ray's own config and trainer live in a package whose `__init__` imports TensorFlow, so a Tune
 trial that builds the trainer and the Train controller, which only pass addresses around,
 would each spend seconds importing it before any worker starts (docs/performance.md,
-"Start-up"). The imports below are those of Ray 2.60's `ray/train/tensorflow/config.py`
+"What the defaults do"). The imports below are those of Ray 2.60's `ray/train/tensorflow/config.py`
 (pinned in pyproject.toml); check them against it when Ray is upgraded.
 """
 
