@@ -56,8 +56,14 @@ def test_int8_copy_is_calibrated_on_training_images_and_served(quantized, synth_
     test = load_signs(synth_dir / "test_signs.h5")
     int8, _ = load_predictor(model_dir, "openvino-int8")
     assert int8.description.startswith("openvino-int8 (int8")
-    ref = predict_probs(load_predictor(model_dir, "tf")[0], test.x).argmax(1)
-    assert (predict_probs(int8, test.x).argmax(1) == ref).mean() >= 0.9
+    ref = predict_probs(load_predictor(model_dir, "tf")[0], test.x)
+    probs = predict_probs(int8, test.x)
+    np.testing.assert_allclose(probs, ref, atol=0.05)
+    # int8 rounding may swap near-ties (the tiny model is barely trained); elsewhere the top
+    # class is TensorFlow's.
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 0.02
+    assert clear.sum() >= 5 and (probs.argmax(1) == ref.argmax(1))[clear].all()
 
 
 def test_int8_copy_of_another_model_is_refused(quantized, tiny_model_dir, tmp_path):

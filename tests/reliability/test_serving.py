@@ -73,11 +73,6 @@ def _still_serving(image):
 CORPUS = build(np.zeros((64, 64, 3), np.uint8), MAX_BODY, MAX_INSTANCES)
 
 
-def test_corpus_is_large_and_varied():
-    assert len(CORPUS) >= 25
-    assert sum(c.status == 200 for c in CORPUS.values()) >= 5
-
-
 @pytest.fixture(scope="module")
 def corpus(images):
     return build(images[3], MAX_BODY, MAX_INSTANCES)
