@@ -97,7 +97,7 @@ def fresh(module: str, function: str, payload: dict) -> dict:
 def train_command(data: str, work: Path, flags: list[str], what: str, cwd: Path = ROOT) -> dict:
     """`resnet-ray train --data DATA ... --export` as a user types it, timed from its start:
     the command, its start and seconds, its output lines, rank 0's first report of each
-    epoch and the exported model's test score. cwd: the checkout whose code runs."""
+    epoch, the exported model's classes and its test score. cwd: the checkout whose code runs."""
     work.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "resnet_ray", "train", "--data", data, "--storage",
            str(work / "runs"), "--name", "run", "--export", str(work / "model"), *flags]
@@ -112,10 +112,12 @@ def train_command(data: str, work: Path, flags: list[str], what: str, cwd: Path 
     for report in map(json.loads, reports):
         if report.get("rank", 0) == 0:
             epochs.setdefault(int(report["epoch"]), report)
-    test = json.loads((work / "model" / "metadata.json").read_text())["test"]
+    meta = json.loads((work / "model" / "metadata.json").read_text())
+    test = meta["test"]
     return {"command": "resnet-ray " + " ".join(cmd[3:]).replace(str(work), "WORK"),
             "start": start, "seconds": time.time() - start, "stdout": proc.stdout.splitlines(),
-            "epochs": [epochs[e] for e in sorted(epochs)], "images": test["images"],
+            "epochs": [epochs[e] for e in sorted(epochs)], "classes": meta["classes"],
+            "images": test["images"],
             "right": round(test["accuracy"] * test["images"])}
 
 

@@ -43,7 +43,8 @@ def run(a: argparse.Namespace) -> dict:
               "command_s": done["seconds"], "precision": done["epochs"][0].get("precision"),
               "median_epoch_s": sorted(r["epoch_time_s"] for r in done["epochs"])[
                   len(done["epochs"]) // 2],
-              "test": {"right": done["right"], "images": done["images"]}}
+              "classes": done["classes"], "test": {"right": done["right"],
+                                                   "images": done["images"]}}
     return write_report(report, result_path(a.out, "accuracy", a.quick), text)
 
 

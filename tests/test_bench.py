@@ -67,3 +67,4 @@ def test_bench_check_and_accuracy_measure_on_this_machine_and_write_their_record
     assert [c["epoch"] for c in acc["curve"]] == [1, 2, 3] and walls == sorted(walls)
     assert 0 < walls[-1] < acc["command_s"] and set(acc["reached"]) == {"0.95", "0.98", "0.99"}
     assert acc["test"]["images"] == 60 and 0 <= acc["test"]["right"] <= 60
+    assert acc["classes"] == [0, 1, 2, 3, 4, 5]  # what the README's table selects runs by
