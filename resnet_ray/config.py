@@ -15,13 +15,19 @@ from typing import Any
 
 from .errors import ConfigError
 
-DEFAULT_STORAGE = str(Path("runs").absolute())
 LR_SCHEDULES = ("constant", "cosine")
 LR_SCALINGS = ("linear", "sqrt", "none")
 ALLREDUCE_DTYPES = ("auto", "float32", "float16", "bfloat16")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 # resnet_ray.model.MODELS' names, here so that checking a config does not import TensorFlow.
 MODEL_NAMES = ("resnet50", "tiny")
+
+
+def default_storage() -> str:
+    """runs/ in the directory the command runs in. Asked when a config is made, never at
+    import: a Ray process that unpickles a config (Train's controller) may run in a
+    directory that is gone."""
+    return str(Path("runs").absolute())
 
 
 def option(default=dataclasses.MISSING, *, help: str | None = None, group: str | None = None,
@@ -75,7 +81,8 @@ class TrainConfig:
                             help="compute precision (Keras mixed-precision policy); auto: "
                                  "mixed_bfloat16 on CPUs with bfloat16 instructions "
                                  "(AVX512_BF16, AMX), mixed_float16 on GPUs, else float32")
-    storage: str = option(DEFAULT_STORAGE, help="local path or URI (s3://...)", in_yaml=False)
+    storage: str = option(help="local path or URI (s3://...)", in_yaml=False,
+                          default_factory=default_storage)
     name: str = option("resnet-ray", in_yaml=False)
     export: str | None = option(None, help="write the best checkpoint as a model directory "
                                 "here", in_yaml=False)

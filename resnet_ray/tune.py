@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from . import console, testhooks
-from .config import DEFAULT_STORAGE, TrainConfig, is_remote
+from .config import TrainConfig, default_storage, is_remote
 from .errors import ConfigError, RunFailed, command_main
 from .tune_spec import TuneSpec, load_spec
 
 
-def run_search(spec: TuneSpec, data_dir: str, storage: str = DEFAULT_STORAGE,
+def run_search(spec: TuneSpec, data_dir: str, storage: str | None = None,
                name: str = "tune", export: str | None = None, max_concurrent: int | None = None,
                num_samples: int | None = None, resume: bool = False,
                classes: str = "", strict: bool = False) -> dict[str, Any]:
@@ -32,6 +32,7 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str = DEFAULT_STORAGE,
     from .tune_results import summarize
     from .tune_space import tune_trial
 
+    storage = storage or default_storage()
     if is_remote(storage):
         raise ConfigError(f"--storage: searches keep their results table, plots and the "
                           f"trials' checkpoints on a local or shared path, got {storage!r}")
@@ -122,7 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true",
                         help="with a folder of photos: an unreadable file is an error, not "
                              "skipped")
-    parser.add_argument("--storage", default=DEFAULT_STORAGE)
+    parser.add_argument("--storage", default=default_storage())
     parser.add_argument("--name", default="tune")
     parser.add_argument("--export", help="write the best trial's best checkpoint here")
     parser.add_argument("--max-concurrent", type=int)
