@@ -107,18 +107,23 @@ def train_command(data: str, work: Path, flags: list[str], what: str, cwd: Path 
     if proc.returncode != 0:
         raise SystemExit(f"{what}: the training command failed ({proc.returncode}):\n"
                          f"{proc.stderr[-3000:]}")
-    epochs: dict[int, dict] = {}
-    reports = (work / "runs" / "run" / "reports.jsonl").read_text().splitlines()
-    for report in map(json.loads, reports):
-        if report.get("rank", 0) == 0:
-            epochs.setdefault(int(report["epoch"]), report)
     meta = json.loads((work / "model" / "metadata.json").read_text())
     test = meta["test"]
     return {"command": "resnet-ray " + " ".join(cmd[3:]).replace(str(work), "WORK"),
             "start": start, "seconds": time.time() - start, "stdout": proc.stdout.splitlines(),
-            "epochs": [epochs[e] for e in sorted(epochs)], "classes": meta["classes"],
+            "epochs": rank0_epochs(work / "runs" / "run"), "classes": meta["classes"],
             "images": test["images"],
             "right": round(test["accuracy"] * test["images"])}
+
+
+def rank0_epochs(run_dir: Path) -> list[dict]:
+    """Rank 0's first report of each epoch of a run, in order (a resumed run may report an
+    epoch twice)."""
+    epochs: dict[int, dict] = {}
+    for report in map(json.loads, (run_dir / "reports.jsonl").read_text().splitlines()):
+        if report.get("rank", 0) == 0:
+            epochs.setdefault(int(report["epoch"]), report)
+    return [epochs[e] for e in sorted(epochs)]
 
 
 def alternate(sides: dict, rounds: int, measure) -> list[dict]:

@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import (alternate, by_round, fresh, parser, result_path, signs_dir, steady, table,
-                     write_report)
+from .common import (alternate, by_round, fresh, parser, rank0_epochs, result_path, signs_dir,
+                     steady, table, write_report)
 
 
 def setups(cpus: int, options: dict) -> list[dict]:
@@ -34,18 +34,14 @@ def setups(cpus: int, options: dict) -> list[dict]:
 def child(cfg_dict: dict) -> dict:
     """One run, timed epoch by epoch: plain Keras with the project's model, optimizer and
     input pipeline (num_workers 0), or the project's Ray Train run, from its reports."""
-    import json
-
     from resnet_ray.config import TrainConfig
 
     cfg = TrainConfig.from_dict(cfg_dict)
     if cfg.num_workers:
-        from resnet_ray.train import REPORTS_FILE, run_training
+        from resnet_ray.train import run_training
 
         run_training(cfg, quiet=True)
-        rank0 = sorted((r for r in map(json.loads, (Path(cfg.run_dir) / REPORTS_FILE)
-                                       .read_text().splitlines()) if r["rank"] == 0),
-                       key=lambda r: r["epoch"])
+        rank0 = rank0_epochs(Path(cfg.run_dir))
         return {"epoch_times_s": [r["epoch_time_s"] for r in rank0],
                 "images_per_epoch": round(rank0[0]["images_per_s"] * rank0[0]["epoch_time_s"])}
     from resnet_ray.input_pipeline import make_dataset_fn
