@@ -99,13 +99,20 @@ def _assert_haproxy_is_private():
     from ray.serve._private.constants import (RAY_SERVE_HAPROXY_METRICS_PORT,
                                               RAY_SERVE_HAPROXY_STATS_PORT)
 
-    haproxies = [psutil.Process(p["pid"]) for p in _processes_named("haproxy")]
-    assert haproxies, "no HAProxy process"
-    listening = {(c.laddr.ip, c.laddr.port) for p in haproxies
-                 for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    for _ in range(10):  # an HAProxy reload replaces its process; look again if one went
+        try:
+            haproxies = [psutil.Process(p["pid"]) for p in _processes_named("haproxy")]
+            assert haproxies, "no HAProxy process"
+            listening = {(c.laddr.ip, c.laddr.port) for p in haproxies for c in
+                         p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+            args = haproxies[0].cmdline()
+            break
+        except psutil.NoSuchProcess:
+            time.sleep(0.5)
+    else:
+        pytest.fail("HAProxy's processes kept exiting while they were inspected")
     for port in (RAY_SERVE_HAPROXY_STATS_PORT, RAY_SERVE_HAPROXY_METRICS_PORT):
         assert {ip for ip, p in listening if p == port} == {"127.0.0.1"}, (port, listening)
-    args = haproxies[0].cmdline()
     config = open(args[args.index("-f") + 1]).read()
     socket = next(line.split()[2] for line in config.splitlines()
                   if line.strip().startswith("stats socket "))
