@@ -81,7 +81,8 @@ def build_trainer(plan: Plan, callbacks=(), board=None):
     return DataParallelTrainer(
         train_loop_per_worker, backend_config=TensorflowConfig(),
         train_loop_config={"config": cfg.to_dict(), "feed": feed, "board": board,
-                           "store": plan.store(), "in_process": plan.in_process},
+                           "store": plan.store(), "in_process": plan.in_process,
+                           "threads": plan.threads},
         datasets=datasets, dataset_config=data_config,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),

@@ -125,9 +125,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     board = loop_config.get("board")  # the driver's progress view, when it shows one
     in_process, store = loop_config["in_process"], loop_config["store"]
     train_images, make_fn, validate = loop_config["feed"].inputs(cfg)
-    if not in_process:
-        limit_threads(cfg.cpus_per_worker)
-    elif not console.verbose():
+    if loop_config["threads"]:
+        limit_threads(loop_config["threads"])
+    if in_process and not console.verbose():
         # Ray Train's local mode logs every report at INFO on this console.
         logging.getLogger("ray.train").setLevel(logging.WARNING)
     ctx = ray.train.get_context()
