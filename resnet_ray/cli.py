@@ -7,8 +7,18 @@ import argparse
 import json
 import sys
 
-from . import console, train, tune
-from .errors import UserError, run_command
+from . import __version__, console, paths, train, tune
+from .errors import UserError, parser_class, run_command
+
+# The distributions --version names: the package's own, then what it runs on.
+VERSIONED = (("Ray", "ray"), ("TensorFlow", ("tensorflow", "tensorflow-cpu")),
+             ("tf-keras", "tf-keras"), ("OpenVINO", "openvino"))
+
+
+def _files(out: str, train, test) -> str:
+    out = paths.shown(out)
+    return (f"{out}/train_signs.h5 ({len(train)} images) and {out}/test_signs.h5 "
+            f"({len(test)} images)")
 
 
 def _data_import(a):
@@ -16,8 +26,7 @@ def _data_import(a):
 
     train, test = import_images(a.images_dir, a.out, parse_classes(a.classes), a.size,
                                 a.test_fraction, a.seed, progress=not a.quiet)
-    print(f"wrote {a.out}/train_signs.h5 ({len(train)} images) and {a.out}/test_signs.h5 "
-          f"({len(test)} images), classes {train.classes}, {a.size}x{a.size}")
+    print(f"wrote {_files(a.out, train, test)}, classes {train.classes}, {a.size}x{a.size}")
 
 
 def _data_sample(a):
@@ -26,8 +35,7 @@ def _data_sample(a):
 
     train, test = sample(a.out, parse_classes(a.classes), a.test_fraction, a.seed,
                          progress=False)
-    print(f"wrote {a.out}/train_signs.h5 ({len(train)} images) and {a.out}/test_signs.h5 "
-          f"({len(test)} images), classes {train.classes}, 64x64 photos")
+    print(f"wrote {_files(a.out, train, test)}, classes {train.classes}, 64x64 photos")
 
 
 def _data_synth(a):
@@ -40,13 +48,13 @@ def _data_synth(a):
         from .synth import write_synth_folder
 
         n = write_synth_folder(a.out, a.train + a.test, a.seed)
-        print(f"wrote {n} JPEG images to {a.out}/0 ... {a.out}/5 (64x64; train with --data "
-              f"{a.out}, which splits them by path)")
+        out = paths.shown(a.out)
+        print(f"wrote {n} JPEG images to {out}/0 ... {out}/5 (64x64; train with --data "
+              f"{out}, which splits them by path)")
         return
     train, test = synth_data(a.train, a.test, a.seed)
     write_signs_dir(a.out, train, test)
-    print(f"wrote {a.out}/train_signs.h5 ({len(train)} images) and {a.out}/test_signs.h5 "
-          f"({len(test)} images), classes {train.classes}, 64x64")
+    print(f"wrote {_files(a.out, train, test)}, classes {train.classes}, 64x64")
 
 
 def _evaluate(a):
@@ -62,7 +70,7 @@ def _predict(a):
     from .predict import predict_files
 
     for path, p in zip(a.images, predict_files(a.model_dir, a.images, a.backend)):
-        print(f"{path}: {p.describe()}")
+        print(f"{paths.shown(path)}: {p.describe()}")
 
 
 def _serve(a):
@@ -77,8 +85,9 @@ def _quantize(a):
     from .backends import quantize
 
     info = quantize(a.model_dir, a.data, a.images)
-    print(f"wrote {a.model_dir}/openvino-int8.xml: int8, calibrated on {info['images']} "
-          f"training images of {info['calibration']}; use --backend openvino-int8")
+    print(f"wrote {paths.shown(a.model_dir)}/openvino-int8.xml: int8, calibrated on "
+          f"{info['images']} training images of {info['calibration']}; use --backend "
+          f"openvino-int8")
 
 
 def _demo(a):
@@ -93,8 +102,8 @@ def _add_data_commands(sub) -> None:
     data = sub.add_parser("data", help="make SIGNS-layout data files")
     dsub = data.add_subparsers(dest="data_command", required=True)
     imp = dsub.add_parser("import", help="image folder (one sub-folder per class) -> .h5 files")
-    imp.add_argument("images_dir")
-    imp.add_argument("--out", required=True)
+    imp.add_argument("images_dir", type=paths.local)
+    imp.add_argument("--out", required=True, type=paths.output)
     imp.add_argument("--classes", default="0,1,2,3,4,5")
     imp.add_argument("--size", type=int, default=64)
     imp.add_argument("--test-fraction", type=float, default=0.1)
@@ -103,13 +112,13 @@ def _add_data_commands(sub) -> None:
     imp.set_defaults(func=_data_import)
     sam = dsub.add_parser("sample", help="the embedded photos of hands signing 0-9 -> .h5 "
                                          "files (the split builtin:sign-digits uses)")
-    sam.add_argument("--out", required=True)
+    sam.add_argument("--out", required=True, type=paths.output)
     sam.add_argument("--classes", default="0,1,2,3,4,5")
     sam.add_argument("--test-fraction", type=float, default=0.1)
     sam.add_argument("--seed", type=int, default=0)
     sam.set_defaults(func=_data_sample)
     syn = dsub.add_parser("synth", help="drawn hands showing 0-5 (for tests and as an example)")
-    syn.add_argument("--out", required=True)
+    syn.add_argument("--out", required=True, type=paths.output)
     syn.add_argument("--train", type=int, default=1080)
     syn.add_argument("--test", type=int, default=120)
     syn.add_argument("--seed", type=int, default=0)
@@ -128,9 +137,11 @@ def _add_backend_flag(parser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = parser_class()(
         prog="resnet-ray",
         description="Train, tune and serve a Keras ResNet-50 for hand-sign digits on Ray.")
+    p.add_argument("--version", action=_Version, help="print the versions of resnet-ray, Ray, "
+                   "TensorFlow and the serving backend, and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
     _add_data_commands(sub)
@@ -144,22 +155,24 @@ def build_parser() -> argparse.ArgumentParser:
     tu.set_defaults(func=tune.command)
 
     ev = sub.add_parser("evaluate", help="metrics of an exported model on a .h5 file")
-    ev.add_argument("model_dir")
-    ev.add_argument("--data", required=True, help="a train_signs.h5- or test_signs.h5-layout "
-                    "file, or builtin:sign-digits[-10] for its held-out test photos")
+    ev.add_argument("model_dir", type=paths.local)
+    ev.add_argument("--data", required=True, type=paths.local_or_builtin,
+                    help="a train_signs.h5- or test_signs.h5-layout file, or "
+                         "builtin:sign-digits[-10] for its held-out test photos")
     _add_backend_flag(ev)
     ev.add_argument("--json", action="store_true")
-    ev.add_argument("--plots", help="write confusion.png into this directory")
+    ev.add_argument("--plots", type=paths.output,
+                    help="write confusion.png into this directory")
     ev.set_defaults(func=_evaluate)
 
     pr = sub.add_parser("predict", help="digit per image file")
-    pr.add_argument("model_dir")
-    pr.add_argument("images", nargs="+")
+    pr.add_argument("model_dir", type=paths.local)
+    pr.add_argument("images", nargs="+", type=paths.local)
     _add_backend_flag(pr)
     pr.set_defaults(func=_predict)
 
     se = sub.add_parser("serve", help="serve an exported model over HTTP (Ray Serve)")
-    se.add_argument("model_dir")
+    se.add_argument("model_dir", type=paths.local)
     se.add_argument("--host", default="127.0.0.1")
     se.add_argument("--port", type=int, default=8000)
     se.add_argument("--replicas", type=int, default=1)
@@ -175,15 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     qu = sub.add_parser("quantize", help="int8 copy of an exported model for OpenVINO "
                                          "(post-training, calibrated on training images)")
-    qu.add_argument("model_dir")
-    qu.add_argument("--data", required=True, help="a SIGNS directory or its train_signs.h5 "
-                    "(never the test file)")
+    qu.add_argument("model_dir", type=paths.local)
+    qu.add_argument("--data", required=True, type=paths.local,
+                    help="a SIGNS directory or its train_signs.h5 (never the test file)")
     qu.add_argument("--images", type=int, default=300, help="calibration images (default 300)")
     qu.set_defaults(func=_quantize)
 
     de = sub.add_parser("demo", help="embedded photos -> tune -> train -> evaluate -> predict "
                                        "-> serve")
-    de.add_argument("--workdir", default="runs/demo")
+    de.add_argument("--workdir", default="runs/demo", type=paths.output)
     de.add_argument("--model", default="resnet50", choices=["resnet50", "tiny"])
     de.add_argument("--epochs", type=int, default=7)
     de.add_argument("--num-workers", type=int, help="training workers (default: chosen from "
@@ -193,6 +206,32 @@ def build_parser() -> argparse.ArgumentParser:
     console.add_verbose_flag(de)
     de.set_defaults(func=_demo)
     return p
+
+
+def versions() -> str:
+    """One line: this package's version and those of what it runs on (without importing
+    them: TensorFlow takes seconds to import)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(dists) -> str:
+        for dist in (dists,) if isinstance(dists, str) else dists:
+            try:
+                return version(dist)
+            except PackageNotFoundError:
+                pass
+        return "not installed"
+
+    return f"resnet-ray {__version__} (" + ", ".join(
+        f"{name} {installed(dists)}" for name, dists in VERSIONED) + ")"
+
+
+class _Version(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(versions())
+        parser.exit()
 
 
 def main(argv: list[str] | None = None) -> int:

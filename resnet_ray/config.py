@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import paths
 from .errors import ConfigError
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -32,12 +33,15 @@ def default_storage() -> str:
 
 def option(default=dataclasses.MISSING, *, help: str | None = None, group: str | None = None,
            choices: tuple | None = None, flag: bool = True, in_yaml: bool = True,
-           searchable: bool = True, expected: str | None = None, default_factory=None):
+           searchable: bool = True, expected: str | None = None, default_factory=None,
+           path=None):
     """A TrainConfig field with what the CLI, the YAML checks and the type checks need:
     `flag` makes it a --option, `in_yaml` allows it in a search-space file's train section,
-    `searchable` in its search_space, `expected` words a type error's expected value."""
+    `searchable` in its search_space, `expected` words a type error's expected value, `path`
+    is the resnet_ray.paths function its --option resolves a typed path with."""
     meta = {"help": help, "group": group, "choices": choices, "flag": flag,
-            "in_yaml": in_yaml, "searchable": searchable and in_yaml, "expected": expected}
+            "in_yaml": in_yaml, "searchable": searchable and in_yaml, "expected": expected,
+            "path": path}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -53,7 +57,7 @@ class TrainConfig:
                                "photos per class, streamed by Ray Data; a directory with "
                                "train_signs.h5 and test_signs.h5; or the embedded photos: "
                                "builtin:sign-digits (digits 0-5) or builtin:sign-digits-10",
-                       in_yaml=False)
+                       in_yaml=False, path=paths.data)
     # The digits of a folder's class sub-folders; the plan takes `classes` from the data.
     data_classes: str = option("", help="with a folder of photos: the class sub-folders to "
                                        "train on, such as 0,1,2,3,4,5 (default: every "
@@ -81,11 +85,12 @@ class TrainConfig:
                             help="compute precision (Keras mixed-precision policy); auto: "
                                  "mixed_bfloat16 on CPUs with bfloat16 instructions "
                                  "(AVX512_BF16, AMX), mixed_float16 on GPUs, else float32")
-    storage: str = option(help="local path or URI (s3://...)", in_yaml=False,
-                          default_factory=default_storage)
+    storage: str = option(help="where the run keeps its checkpoints: a local path or a URI "
+                               "(s3://...; default: runs/)", in_yaml=False,
+                          default_factory=default_storage, path=paths.location)
     name: str = option("resnet-ray", in_yaml=False)
     export: str | None = option(None, help="write the best checkpoint as a model directory "
-                                "here", in_yaml=False)
+                                "here", in_yaml=False, path=paths.output)
     max_failures: int = option(2)
     keep_checkpoints: int = option(2)  # best K by validation accuracy, plus the latest
     seed: int = option(0, help="weights, data order and the validation split")
@@ -309,10 +314,12 @@ def add_arguments(parser) -> None:
         kwargs = {"default": getattr(defaults, name), "help": meta["help"], "dest": name}
         if kind in (int, float, int | None):
             kwargs["type"] = int if kind == (int | None) else kind
+        if meta["path"]:
+            kwargs["type"] = meta["path"]
         if meta["choices"]:
             kwargs["choices"] = list(meta["choices"])
         if name == "data":
-            kwargs = {"required": True, "help": meta["help"], "dest": name}
+            kwargs = {"required": True, "help": meta["help"], "dest": name, "type": paths.data}
         if name == "data_classes":
             kwargs["metavar"] = "DIGITS"
         target.add_argument(flag, **kwargs)

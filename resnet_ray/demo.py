@@ -18,6 +18,7 @@ from . import console, embedded
 from .config import TrainConfig
 from .errors import RunFailed
 from .evaluate import evaluate
+from .paths import shown
 from .predict import predict_files
 from .runtime import init_ray
 from .tune_spec import TuneSpec
@@ -63,7 +64,7 @@ def run_demo(workdir: str = "runs/demo", model: str = "resnet50", epochs: int = 
                              num_workers=num_workers, storage=str(work / "runs"), name="train",
                              export=str(model_dir), **params))
 
-    console.header(f"{next(step)}/{steps} evaluate {model_dir} on the held-out photos")
+    console.header(f"{next(step)}/{steps} evaluate {shown(model_dir)} on the held-out photos")
     metrics = evaluate(model_dir, data_dir / "test_signs.h5")
     summary["test_accuracy"], summary["test_n"] = metrics["accuracy"], metrics["n"]
     summary["test_right"] = round(metrics["accuracy"] * metrics["n"])
@@ -74,10 +75,10 @@ def run_demo(workdir: str = "runs/demo", model: str = "resnet50", epochs: int = 
     console.header(f"{next(step)}/{steps} predict one held-out photo")
     photos = _one_photo_per_digit(test, work / "photos")
     prediction = predict_files(model_dir, [photos[0][1]])[0]
-    console.result(f"{photos[0][1]} (digit {photos[0][0]}): {prediction.describe()}")
+    console.result(f"{shown(photos[0][1])} (digit {photos[0][0]}): {prediction.describe()}")
 
     if serve:
-        console.header(f"{next(step)}/{steps} serve {model_dir} with Ray Serve and ask it "
+        console.header(f"{next(step)}/{steps} serve {shown(model_dir)} with Ray Serve and ask it "
                        f"about one held-out photo of each digit")
         summary["served"] = _serve_and_ask(model_dir, photos)
     (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -150,5 +151,5 @@ def _print_summary(s: dict, work: Path) -> None:
         answers = ", ".join(f"{a['true']}->{a['digit']}" for a in s["served"])
         correct = sum(a["true"] == a["digit"] for a in s["served"])
         console.result(f"served answers: {answers} ({correct}/{len(s['served'])} correct)")
-    console.result(f"written to {work}: data/, model/ (the exported model), runs/ (checkpoints "
-                   f"and the search), photos/, summary.json")
+    console.result(f"written to {shown(work)}: data/, model/ (the exported model), runs/ "
+                   f"(checkpoints and the search), photos/, summary.json")

@@ -56,11 +56,22 @@ def run_command(func, args, command: str) -> int:
     return 0
 
 
+def parser_class():
+    """argparse's parser whose errors are one line, as every other error of a command is
+    (argparse's own prints the whole usage first: twenty lines for train)."""
+    import argparse
+    import sys
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+            sys.exit(UserError.exit_code)
+
+    return Parser
+
+
 def command_main(name: str, description: str, add_arguments, command, argv=None) -> int:
     """`python -m resnet_ray.NAME ...`: one command's parser and run, without the CLI."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog=f"python -m resnet_ray.{name}",
-                                     description=description)
+    parser = parser_class()(prog=f"python -m resnet_ray.{name}", description=description)
     add_arguments(parser)
     return run_command(command, parser.parse_args(argv), name)

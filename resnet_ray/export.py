@@ -12,11 +12,12 @@ from .config import TrainConfig
 from .evaluate import metrics_from_probs
 from .modeldir import read_metadata, save_model_dir
 from .optim import build_compiled
+from .paths import shown
 
 
 def format_test_score(meta: dict[str, Any]) -> str:
     t = meta["test"]
-    return (f"held-out test ({t['source']}, {t['images']} images, used for nothing else): "
+    return (f"held-out test ({shown(t['source'])}, {t['images']} images, used for nothing else): "
             f"accuracy {t['accuracy']:.4f}  loss {t['loss']:.4f}")
 
 

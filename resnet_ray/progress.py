@@ -1,9 +1,10 @@
 """Progress of a run as the driver shows it without --verbose.
 
 Train: rank 0 posts its steps and epoch metrics to a small actor (`Board`) and the driver
-draws them: a progress bar with loss, accuracy and ETA on a terminal, one line per epoch in a
-log file. Tune: a Tune callback counts the trials' epochs the same way and prints a compact
-table of the trials at the end (resnet_ray/tune.py).
+draws them: one line per finished epoch, and on a terminal a live progress bar below those
+lines with loss, accuracy and ETA (as Keras' `fit` leaves its history on screen). Tune: a
+Tune callback counts the trials' epochs the same way, prints a line per finished trial, and a
+compact table of the trials at the end (resnet_ray/tune.py).
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ class TrainProgress:
             self.bar = _bar(self.epochs * self.steps, "train", "step", first * self.steps)
         if "metrics" in event:
             m = event["metrics"]
+            self.bar.write(epoch_line(m, self.epochs))
             self._move_to(m["epoch"] * self.steps)
             self.bar.set_postfix_str(f"epoch {m['epoch']}/{self.epochs}, loss {m['loss']:.3f}, "
                                      f"acc {m['accuracy']:.3f}, val_acc {m['val_accuracy']:.3f}")
@@ -164,8 +166,8 @@ def step_sender(board, interval_s: float = 1.0):
 
 
 def tune_callback(num_trials: int, epochs: int, metric: str, searched: list[str]):
-    """A Tune callback: a bar over the trials' epochs on a terminal, one line per finished
-    trial in a log file."""
+    """A Tune callback: one line per finished trial, and on a terminal a bar over the trials'
+    epochs below those lines."""
     from ray import tune
 
     class TuneProgress(tune.Callback):
@@ -189,11 +191,14 @@ def tune_callback(num_trials: int, epochs: int, metric: str, searched: list[str]
                                          f"{self.best:.3f}" if self.best is not None else "")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            if self.bar is None:
-                params = ", ".join(f"{k} {_fmt(trial.config.get(k))}" for k in searched)
-                last = trial.last_result or {}
-                print(f"trial {trial.trial_id} ({params}): {last.get('epoch', 0)} epochs, "
-                      f"{metric} {last.get(metric, float('nan')):.4f}", flush=True)
+            params = ", ".join(f"{k} {_fmt(trial.config.get(k))}" for k in searched)
+            last = trial.last_result or {}
+            line = (f"trial {trial.trial_id} ({params}): {last.get('epoch', 0)} epochs, "
+                    f"{metric} {last.get(metric, float('nan')):.4f}")
+            if self.bar is not None:
+                self.bar.write(line)
+            else:
+                print(line, flush=True)
 
         def on_experiment_end(self, trials, **info):
             if self.bar is not None:

@@ -7,6 +7,7 @@ import time
 from ray import serve
 
 from .errors import UserError
+from .paths import shown
 from .haproxy_guard import haproxy_binary, install
 from .runtime import init_ray
 from .serve import application
@@ -63,15 +64,15 @@ def serve_foreground(model_dir: str, host: str = "127.0.0.1", port: int = 8000,
     quiet_serve_logs()
     from .backends import resolve
 
-    print(f"starting Ray Serve: {replicas} replica(s) of {model_dir}, backend {resolve(backend)}, "
-          f"ingress {ingress}", flush=True)
+    print(f"starting Ray Serve: {replicas} replica(s) of {shown(model_dir)}, backend "
+          f"{resolve(backend)}, ingress {ingress}", flush=True)
     # Ctrl-C is the documented way to stop, and it can come while serve.run is still waiting
     # for the replicas (the HTTP proxy already answers by then): both are a clean stop.
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(app, name="digits", route_prefix="/")
-        print(f"serving {model_dir} at http://{host}:{port}/  (API docs: /docs; Ctrl-C stops)",
-              flush=True)
+        print(f"serving {shown(model_dir)} at http://{host}:{port}/  (API docs: /docs; Ctrl-C "
+              f"stops)", flush=True)
         while True:
             time.sleep(1)
     except KeyboardInterrupt:

@@ -19,6 +19,7 @@ from .checkpoints import CONFIG_FILE, best_checkpoint
 from .config import TrainConfig, is_remote
 from .errors import ConfigError, RunFailed, command_main
 from .layout import cluster_nodes
+from .paths import shown
 from .plan import Plan, resolve
 from .runtime import init_ray, worker_env_vars
 
@@ -108,7 +109,7 @@ def _fit(plan: Plan, quiet: bool):
     if not quiet:
         console.result(f"training {cfg.model} for {cfg.epochs} epochs: {source.train_images} "
                        f"training and {source.val_images} validation images; run "
-                       f"{cfg.run_dir}")
+                       f"{shown(cfg.run_dir)}")
         console.result(plan.layout_line)
     progress = None if plan.in_process or console.verbose() else TrainProgress(
         cfg.epochs, source.train_images // cfg.update_batch_size)
@@ -145,7 +146,8 @@ def run_training(cfg: TrainConfig, quiet: bool = False):
             raise ConfigError(f"{plan.run_dir}: the run left no checkpoint to export")
         meta = export_checkpoint(best, cfg.export, plan, extra={"run_dir": plan.run_dir})
         if not quiet:
-            print(f"exported best checkpoint ({best.path}) to {cfg.export}", flush=True)
+            print(f"exported best checkpoint ({shown(best.path)}) to {shown(cfg.export)}",
+                  flush=True)
             print(format_test_score(meta), flush=True)
     if not quiet and (line := plan.source.warning()):
         print(line, file=sys.stderr, flush=True)
@@ -163,7 +165,7 @@ def command(args: argparse.Namespace) -> None:
     result = run_training(cfg)
     m = result.metrics or {}
     print(f"finished: {m.get('epoch')} epochs, val_accuracy {m.get('val_accuracy', 0):.4f}, "
-          f"run directory {result.path or cfg.run_dir}")
+          f"run directory {shown(result.path or cfg.run_dir)}")
 
 
 def main(argv: list[str] | None = None) -> int:

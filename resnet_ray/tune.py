@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import console, testhooks
+from . import console, paths, testhooks
 from .config import TrainConfig, default_storage, is_remote
 from .errors import ConfigError, RunFailed, command_main
 from .tune_spec import TuneSpec, load_spec
@@ -48,7 +48,7 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str | None = None,
     console.result(f"searching {', '.join(searched)} for {base.model}: "
                    f"{num_samples or spec.num_samples} trials of up to {base.epochs} epochs "
                    f"({spec.scheduler['type']}), {base.num_workers} worker(s) x "
-                   f"{base.cpus_per_worker} CPU each; results in {experiment}")
+                   f"{base.cpus_per_worker} CPU each; results in {paths.shown(experiment)}")
     cpus_per_trial = base.num_workers * base.cpus_per_worker
     total = int(ray.cluster_resources().get("CPU", 1))
     if cpus_per_trial > total:
@@ -114,18 +114,22 @@ def _console_options(spec: TuneSpec, base: TrainConfig, num_samples: int | None)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True,
+    parser.add_argument("--config", required=True, type=paths.local,
                         help="search-space YAML (tune_configs/*.yaml)")
-    parser.add_argument("--data", required=True, help="as for train: SIGNS files, builtin:..., "
-                        "or a folder or URI of photos in class sub-folders")
+    parser.add_argument("--data", required=True, type=paths.data,
+                        help="as for train: SIGNS files, builtin:..., or a folder or URI of "
+                             "photos in class sub-folders")
     parser.add_argument("--classes", default="", metavar="DIGITS",
                         help="with a folder of photos: the class sub-folders to search on")
     parser.add_argument("--strict", action="store_true",
                         help="with a folder of photos: an unreadable file is an error, not "
                              "skipped")
-    parser.add_argument("--storage", default=default_storage())
+    parser.add_argument("--storage", default=default_storage(), type=paths.location,
+                        help="where the search keeps its trials, table and plots: a local "
+                             "or shared path (default: runs/)")
     parser.add_argument("--name", default="tune")
-    parser.add_argument("--export", help="write the best trial's best checkpoint here")
+    parser.add_argument("--export", type=paths.output,
+                        help="write the best trial's best checkpoint here")
     parser.add_argument("--max-concurrent", type=int)
     parser.add_argument("--num-samples", type=int)
     parser.add_argument("--resume", action="store_true",
@@ -143,7 +147,7 @@ def command(a: argparse.Namespace) -> None:
     if best is None:
         raise RunFailed(f"no trial of the search reported a result; see {summary['csv']}")
     print(f"{summary['trials']} trials, {summary['epochs_run']} of {summary['epochs_budget']} "
-          f"epochs run; best: {best}\nresults: {summary['csv']}")
+          f"epochs run; best: {best}\nresults: {paths.shown(summary['csv'])}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .paths import shown
 from .tune_spec import TuneSpec
 
 RESULTS_CSV = "trials.csv"
@@ -65,7 +66,7 @@ def summarize(results, spec: TuneSpec, plan, experiment: Path,
                          "search_space": spec.search_space, "source": spec.source,
                          "params": {k: summary["best"][k] for k in searched}}})
             summary["exported"] = export
-            print(f"exported trial {top['trial']} ({Path(ckpt.path).name}) to {export}",
+            print(f"exported trial {top['trial']} ({Path(ckpt.path).name}) to {shown(export)}",
                   flush=True)
             if "test" in meta:
                 summary["test"] = meta["test"]

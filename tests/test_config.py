@@ -3,6 +3,7 @@ and the search-space file checks all come from its fields."""
 
 import argparse
 import dataclasses
+import os
 
 import pytest
 
@@ -18,7 +19,7 @@ def _parse(*argv):
 
 
 def test_every_option_is_a_flag_with_the_configs_default():
-    assert config.from_args(_parse()) == TrainConfig(data="d")
+    assert config.from_args(_parse()) == TrainConfig(data=os.path.abspath("d"))
     flags = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["flag"]}
     # Everything but what the driver fills in from the data.
     assert flags == {f.name for f in dataclasses.fields(TrainConfig)} - {"input_shape", "classes"}
@@ -28,7 +29,7 @@ def test_flags_reach_the_config_with_their_types():
     cfg = config.from_args(_parse("--epochs", "3", "--lr", "0.01", "--use-gpu",
                                   "--allreduce-dtype", "bfloat16", "--export", "out"))
     assert (cfg.epochs, cfg.lr, cfg.use_gpu, cfg.allreduce_dtype, cfg.export) == \
-        (3, 0.01, True, "bfloat16", "out")
+        (3, 0.01, True, "bfloat16", os.path.abspath("out"))  # as typed, resolved
     with pytest.raises(SystemExit):
         _parse("--lr-schedule", "linear")  # choices come from the field
 
