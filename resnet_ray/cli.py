@@ -57,10 +57,17 @@ def _data_synth(a):
     print(f"wrote {_files(a.out, train, test)}, classes {train.classes}, 64x64")
 
 
+def _model_dir(path: str) -> str:
+    """A model directory, or a repository's newest version."""
+    from .repository import resolve
+
+    return resolve(path)[0]
+
+
 def _evaluate(a):
     from .evaluate import evaluate, format_report, plot_confusion
 
-    m = evaluate(a.model_dir, a.data, a.backend)
+    m = evaluate(_model_dir(a.model_dir), a.data, a.backend)
     if a.plots:
         m["confusion_png"] = str(plot_confusion(m, a.plots))
     print(json.dumps(m) if a.json else format_report(m))
@@ -69,7 +76,7 @@ def _evaluate(a):
 def _predict(a):
     from .predict import predict_files
 
-    for path, p in zip(a.images, predict_files(a.model_dir, a.images, a.backend)):
+    for path, p in zip(a.images, predict_files(_model_dir(a.model_dir), a.images, a.backend)):
         print(f"{paths.shown(path)}: {p.describe()}")
 
 
@@ -78,14 +85,34 @@ def _serve(a):
 
     console.set_verbose(a.verbose)
     serve_foreground(a.model_dir, host=a.host, port=a.port, replicas=a.replicas,
-                     backend=a.backend, ingress=a.ingress, access_log=a.access_log)
+                     backend=a.backend, ingress=a.ingress, access_log=a.access_log,
+                     version=a.model_version, watch=a.watch)
+
+
+def _deploy(a):
+    import time
+
+    from . import rollout
+
+    console.set_verbose(a.verbose)
+    if a.status:
+        print(rollout.status(a.repo, a.app))
+        return
+    if a.model_version is None:
+        raise UserError("--version: expected the version to deploy (or --status)")
+    started = time.monotonic()
+    replicas = rollout.deploy(a.repo, a.model_version, a.app, a.timeout,
+                              eval_data=a.eval, force=a.force)
+    print(f"version {a.model_version} serving on every replica ({len(replicas)}) after "
+          f"{time.monotonic() - started:.1f} s")
 
 
 def _quantize(a):
     from .backends import quantize
 
-    info = quantize(a.model_dir, a.data, a.images)
-    print(f"wrote {paths.shown(a.model_dir)}/openvino-int8.xml: int8, calibrated on "
+    model_dir = _model_dir(a.model_dir)
+    info = quantize(model_dir, a.data, a.images)
+    print(f"wrote {paths.shown(model_dir)}/openvino-int8.xml: int8, calibrated on "
           f"{info['images']} training images of {info['calibration']}; use --backend "
           f"openvino-int8")
 
@@ -172,7 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=_predict)
 
     se = sub.add_parser("serve", help="serve an exported model over HTTP (Ray Serve)")
-    se.add_argument("model_dir", type=paths.local)
+    se.add_argument("model_dir", type=paths.local, help="an exported model directory, or a "
+                    "repository of numbered versions (REPO/1, REPO/2, ...)")
+    se.add_argument("--version", type=int, dest="model_version", metavar="N",
+                    help="with a repository: serve version N (default: the newest)")
+    se.add_argument("--watch", action="store_true",
+                    help="with a repository: roll out each newer version that appears in it, "
+                         "as TF Serving's file system polling does")
     se.add_argument("--host", default="127.0.0.1")
     se.add_argument("--port", type=int, default=8000)
     se.add_argument("--replicas", type=int, default=1)
@@ -185,6 +218,24 @@ def build_parser() -> argparse.ArgumentParser:
                     help="one log line per request in the replica's log (off: it costs CPU)")
     console.add_verbose_flag(se)
     se.set_defaults(func=_serve)
+
+    dp = sub.add_parser("deploy", help="make a running service serve another version of its "
+                                       "repository, in place (rollback: an older one)")
+    dp.add_argument("repo", type=paths.local, help="the repository the service serves")
+    dp.add_argument("--version", type=int, dest="model_version", metavar="N")
+    dp.add_argument("--app", default="digits", help="the Serve application (default digits)")
+    dp.add_argument("--timeout", type=float, default=300,
+                    help="seconds to wait for every replica (exit status 3 after)")
+    dp.add_argument("--eval", type=paths.local_or_builtin, metavar="TEST_FILE",
+                    help="score the new and the live version on this file first and refuse a "
+                         "new one that scores worse")
+    dp.add_argument("--force", action="store_true",
+                    help="deploy even if the new version scores worse on --eval")
+    dp.add_argument("--status", action="store_true",
+                    help="print the repository's versions, each replica's and the last "
+                         "refusal")
+    console.add_verbose_flag(dp)
+    dp.set_defaults(func=_deploy)
 
     qu = sub.add_parser("quantize", help="int8 copy of an exported model for OpenVINO "
                                          "(post-training, calibrated on training images)")

@@ -13,19 +13,29 @@ from .evaluate import metrics_from_probs
 from .modeldir import read_metadata, save_model_dir
 from .optim import build_compiled
 from .paths import shown
+from .repository import claim_next_version
 
 
 def format_test_score(meta: dict[str, Any]) -> str:
     t = meta["test"]
-    return (f"held-out test ({shown(t['source'])}, {t['images']} images, used for nothing else): "
-            f"accuracy {t['accuracy']:.4f}  loss {t['loss']:.4f}")
+    return (f"held-out test ({shown(t['source'])}, {t['images']} images, used for nothing "
+            f"else): accuracy {t['accuracy']:.4f}  loss {t['loss']:.4f}")
+
+
+def exported_line(what: str, meta: dict[str, Any]) -> str:
+    version = meta.get("model_version")
+    return f"exported {what} to {shown(meta['model_dir'])}" + (
+        f" (version {version})" if version is not None else "")
 
 
 def export_checkpoint(checkpoint, out_dir: str, plan=None,
-                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A training checkpoint -> an exported model directory (model.keras + metadata.json).
-    With the run's plan, the test score is measured here, once, on the model as exported,
-    and recorded with the plan and the data the run trained and validated on."""
+                      extra: dict[str, Any] | None = None,
+                      next_version: bool = False) -> dict[str, Any]:
+    """A training checkpoint -> an exported model directory (model.keras + metadata.json),
+    or with next_version the repository out_dir's next numbered version. With the run's
+    plan, the test score is measured here, once, on the model as exported, and recorded with
+    the plan and the data the run trained and validated on. The metadata returned says where
+    it went (`model_dir`, and `model_version` in a repository)."""
     with checkpoint.as_directory() as d:
         d = Path(d)
         cfg = TrainConfig.load(d / CONFIG_FILE)
@@ -44,5 +54,8 @@ def export_checkpoint(checkpoint, out_dir: str, plan=None,
         meta.update(plan=plan.record(), data=source.record(), test={
             "source": source.test_source, "images": len(y), "accuracy": scores["accuracy"],
             "loss": scores["loss"]})
-    save_model_dir(model, out_dir, meta)
-    return read_metadata(out_dir)
+    version = None
+    if next_version:
+        out_dir, version = claim_next_version(out_dir)
+    save_model_dir(model, out_dir, meta, claimed=next_version)
+    return {**read_metadata(out_dir), "model_dir": str(out_dir), "model_version": version}

@@ -31,8 +31,11 @@ def library_versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def save_model_dir(model, out_dir: str | os.PathLike, metadata: dict[str, Any]) -> Path:
-    """Write model and metadata to a sibling temp dir, then swap it in: never half-written."""
+def save_model_dir(model, out_dir: str | os.PathLike, metadata: dict[str, Any],
+                   claimed: bool = False) -> Path:
+    """Write model and metadata to a sibling temp dir, then swap it in: never half-written.
+    claimed: out_dir is an empty directory this process made to claim its name (a
+    repository's next version), replaced in one rename; anything else there is an error."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(metadata)
@@ -44,7 +47,9 @@ def save_model_dir(model, out_dir: str | os.PathLike, metadata: dict[str, Any]) 
     try:
         model.save(tmp / MODEL_FILE)
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if out_dir.exists():
+        if claimed:
+            os.rename(tmp, out_dir)  # fails unless out_dir is still empty
+        elif out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             out_dir.rename(old)

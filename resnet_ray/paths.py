@@ -51,8 +51,10 @@ def output(value: str) -> str:
 def location(value: str) -> str:
     """Where a run writes: a local directory (as output()) or a URI of a filesystem pyarrow
     opens (--storage)."""
-    if not is_uri(value):
-        return output(value)
+    return _uri(value) if is_uri(value) else output(value)
+
+
+def _uri(value: str) -> str:
     scheme = value.split("://", 1)[0].lower()
     if scheme not in URI_SCHEMES:
         schemes = ", ".join(f"{s}://" for s in URI_SCHEMES)
@@ -62,8 +64,10 @@ def location(value: str) -> str:
 
 
 def data(value: str) -> str:
-    """--data: builtin:NAME, a URI or a local path."""
-    return value if value.startswith(BUILTIN) else location(value)
+    """--data: builtin:NAME, a URI of a filesystem pyarrow opens, or a local path."""
+    if value.startswith(BUILTIN):
+        return value
+    return _uri(value) if is_uri(value) else _local(value)
 
 
 def local_or_builtin(value: str) -> str:
@@ -80,5 +84,8 @@ def shown(path) -> str:
     text = str(path)
     if is_uri(text) or not os.path.isabs(text):
         return text
-    rel = os.path.relpath(text)
+    try:
+        rel = os.path.relpath(text)
+    except OSError:  # the working directory is gone (a job's, once Ray removed it)
+        return text
     return text if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel

@@ -4,6 +4,11 @@ One class: each replica loads the model directory once, decodes and checks every
 itself (the same preprocessing as `resnet-ray predict`), and sends single images to a batcher
 (batching.py), so that concurrent requests share one forward pass. BatchNormalization runs in
 inference mode, so a prediction never depends on the images it shared a batch with.
+
+A replica serves one version of a repository and changes it in place
+(resnet_ray/serve_versions.py); every answer names the version that computed it
+(`model_version`, and the header X-Model-Version). The Open Inference Protocol and TF
+Serving's REST routes are resnet_ray/serve_protocols.py.
 """
 
 
@@ -17,35 +22,30 @@ from typing import Any
 
 import numpy as np
 import ray
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from . import __version__, testhooks
+from . import testhooks
 from .batching import Batcher
 from .errors import UserError
-from .images import ImageError, decode_image, to_model_input
+from .images import ImageError, decode_image
 from .instances import HTTPError, parse_instances
 from .predict import interpret
+from .repository import is_plain, resolve as resolve_version
 from .runtime import worker_env_vars
+from .serve_http import api, error, headers
+from .serve_protocols import ProtocolHandlers
+from .serve_versions import Live, VersionedModel
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_INSTANCES = 256
 DEFAULT_USER_CONFIG = {"max_batch_size": 16, "batch_wait_timeout_s": 0.01}
-
-api = FastAPI(
-    title="resnet-ray",
-    version=__version__,
-    description="Hand-sign digit prediction with a ResNet-50. POST an image (multipart field "
-                "`file`, or raw bytes with an image content type) or JSON `{\"instances\": "
-                "[...]}` of HxWx3 pixel arrays (0-255) to /predict. Errors come as "
-                "`{\"error\": \"...\"}` with a 4xx status.")
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+# user_config keys besides the batcher's: the repository version to serve (None: the one the
+# replica started with).
+USER_CONFIG_KEYS = {*DEFAULT_USER_CONFIG, "model_version"}
 
 
 @serve.deployment(
@@ -61,25 +61,27 @@ def _error(status: int, message: str) -> JSONResponse:
     logging_config={"enable_access_log": False},
 )
 @serve.ingress(api)
-class DigitService:
+class DigitService(ProtocolHandlers, VersionedModel):
     def __init__(self, model_dir: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                  max_instances: int = DEFAULT_MAX_INSTANCES, backend: str = "auto",
-                 threads: int | None = None, _gate=None):
-        from .backends import load_predictor
-
-        self.model_dir = str(model_dir)
-        self.model, self.meta = load_predictor(model_dir, backend, threads)
-        self.classes = list(self.meta["classes"])
-        self.shape = tuple(self.meta["input_shape"])
+                 threads: int | None = None, version: int | None = None, _gate=None):
+        self.source, self.backend, self.threads = str(model_dir), backend, threads
+        # Loaded by the first reconfigure(), which Serve calls before the replica takes
+        # requests: user_config may name the version to start with.
+        self.live: Live | None = None
+        self.wanted: int | None = version
+        self.refusal: dict[str, Any] | None = None  # the last version refused, and why
         self.max_body_bytes, self.max_instances = int(max_body_bytes), int(max_instances)
         self.batch_sizes: Counter[int] = Counter()
         self.user_config = dict(DEFAULT_USER_CONFIG)
         self.started = time.time()
         # /metadata is answered by one replica: say which, and where (its batch counts are
         # that replica's, and on a cluster this shows how requests spread over nodes).
-        self.replica = {"id": serve.get_replica_context().replica_id.unique_id,
+        context = serve.get_replica_context()
+        self.replica = {"id": context.replica_id.unique_id,
                         "node_id": ray.get_runtime_context().get_node_id(),
                         "pid": os.getpid()}
+        self._app, self._board = context.app_name, None
         self._gate = _gate  # test-only (testhooks.pass_gate)
         self._active = 0  # /predict requests this replica is working on
         self._decided = 0  # of those, the ones past reading and decoding (batched or alone)
@@ -88,27 +90,25 @@ class DigitService:
                                coming=lambda: self._active - self._decided)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Batch size and wait can change with `serve deploy` without restarting replicas."""
+        """Batch size and wait, and the repository version, change with `serve deploy`
+        without restarting replicas. A new version loads in the background: this returns at
+        once (the replica is out of routing while it runs) and never raises for a version
+        (Serve would restart the replica in a loop); a version that cannot serve is refused."""
         cfg = {**DEFAULT_USER_CONFIG, **(user_config or {})}
-        unknown = sorted(set(cfg) - set(DEFAULT_USER_CONFIG))
+        unknown = sorted(set(cfg) - USER_CONFIG_KEYS)
         if unknown:
             raise ValueError(f"user_config: unknown key {unknown[0]!r}; expected "
-                             f"{sorted(DEFAULT_USER_CONFIG)}")
+                             f"{sorted(USER_CONFIG_KEYS)}")
         size, wait = int(cfg["max_batch_size"]), float(cfg["batch_wait_timeout_s"])
         if size < 1 or not 0 <= wait <= 10:
             raise ValueError("user_config: max_batch_size must be >= 1 and "
                              "batch_wait_timeout_s between 0 and 10")
         self.batcher.max_batch_size, self.batcher.wait_s = size, wait
         self.user_config = {"max_batch_size": size, "batch_wait_timeout_s": wait}
-
-    def check_health(self) -> None:
-        if self.model is None:
-            raise RuntimeError("model not loaded")
-
-    async def _infer(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        self.batch_sizes[len(images)] += 1
-        # In a thread, so that the event loop keeps taking requests for the next batch.
-        return list(await asyncio.to_thread(self.model, to_model_input(np.stack(images))))
+        wanted = cfg.get("model_version")
+        if wanted is not None:
+            self.user_config["model_version"] = wanted
+        self._want(wanted)
 
     # ------------------------------------------------------------------ HTTP routes
 
@@ -119,17 +119,21 @@ class DigitService:
     @api.get("/healthz", responses={503: {}})
     async def healthz(self):
         # A load balancer's probe: 200 only from a replica that can answer predictions.
-        if self.model is None:
-            return _error(503, "model not loaded")
-        return {"status": "ok", "model": self.model_dir,
+        live = self.live
+        if live is None:
+            return error(503, "model not loaded")
+        return {"status": "ok", "model": live.model_dir, "model_version": live.version,
                 "uptime_s": round(time.time() - self.started, 1)}
 
     @api.get("/metadata")
     async def metadata(self) -> dict[str, Any]:
+        live = self.live
         return {"classes": self.classes, "input_shape": list(self.shape),
-                "backend": self.model.description,
-                "metrics": self.meta.get("metrics", {}), "config": self.meta.get("config", {}),
-                "versions": self.meta.get("versions", {}), "user_config": self.user_config,
+                "model_version": live.version, "model_dir": live.model_dir,
+                "wanted_version": self.wanted, "refusal": self.refusal,
+                "backend": live.predictor.description,
+                "metrics": live.meta.get("metrics", {}), "config": live.meta.get("config", {}),
+                "versions": live.meta.get("versions", {}), "user_config": self.user_config,
                 "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
                 "max_body_bytes": self.max_body_bytes, "max_instances": self.max_instances,
                 "replica": self.replica}
@@ -146,7 +150,9 @@ class DigitService:
                 # Parsing a large body off the event loop keeps other requests moving.
                 images = await asyncio.to_thread(parse_instances, body, self.shape,
                                                   self.max_instances)
-                return {"predictions": [self._answer(p) for p in await self._predict(images)]}
+                probs, version = await self._predict(images)
+                return JSONResponse({"predictions": [self._answer(p) for p in probs],
+                                     "model_version": version}, headers=headers(version))
             if ctype == "multipart/form-data":
                 data = await self._multipart_file(request, body)
             elif ctype.startswith("image/") or ctype == "application/octet-stream":
@@ -161,23 +167,89 @@ class DigitService:
                 image = await asyncio.to_thread(decode_image, data, self.shape[:2], "upload")
             except ImageError as exc:
                 raise HTTPError(400, str(exc)) from None
-            return self._answer((await self._predict([image]))[0])
+            (probs,), version = await self._predict([image])
+            return JSONResponse({**self._answer(probs), "model_version": version},
+                                headers=headers(version))
         except HTTPError as exc:
-            return _error(exc.status, exc.message)
+            return error(exc.status, exc.message, self.live.version)
         finally:
             self._active -= 1
 
-    async def _predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """A request of a full batch or more is its own batch; smaller ones share batches.
-        A request alone on the replica goes to the model at once (the batcher sees that no
-        other request is coming)."""
+    async def _predict(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], int | None]:
+        """(probabilities per image, the version that computed them). A request of a full
+        batch or more is its own batch; smaller ones share batches. A request alone on the
+        replica goes to the model at once (the batcher sees that no other request is
+        coming)."""
         self._decided += 1
         try:
             if len(images) >= self.batcher.max_batch_size:
-                return await self._infer(images)
-            return await asyncio.gather(*(self.batcher(img) for img in images))
+                answers = await self._infer(images)
+            else:
+                answers = await asyncio.gather(*(self.batcher(img) for img in images))
+                if len({version for _, version in answers}) > 1:  # a swap came in between:
+                    answers = await self._infer(images)           # one version per answer
+            return [p for p, _ in answers], answers[0][1]
         finally:
             self._decided -= 1
+
+    # ---------------------------------- the Open Inference Protocol and TF Serving's REST API
+    # (what they do: serve_protocols.py; one method per path, Serve binds one route each)
+
+    @api.get("/v2")
+    async def v2_server(self):
+        return self.v2_server_metadata()
+
+    @api.get("/v2/health/live")
+    async def v2_live(self):
+        return {}
+
+    @api.get("/v2/health/ready")
+    async def v2_ready(self):
+        return self.v2_ready_answer()
+
+    @api.get("/v2/models/{name}")
+    async def v2_model(self, name: str):
+        return await self.v2_model_answer(name, None)
+
+    @api.get("/v2/models/{name}/versions/{version:int}")
+    async def v2_model_version(self, name: str, version: int):
+        return await self.v2_model_answer(name, version)
+
+    @api.get("/v2/models/{name}/ready")
+    async def v2_model_ready(self, name: str):
+        return await self.v2_model_ready_answer(name, None)
+
+    @api.get("/v2/models/{name}/versions/{version:int}/ready")
+    async def v2_model_version_ready(self, name: str, version: int):
+        return await self.v2_model_ready_answer(name, version)
+
+    @api.post("/v2/models/{name}/infer")
+    async def v2_infer(self, request: Request, name: str):
+        return await self.v2_infer_answer(request, name, None)
+
+    @api.post("/v2/models/{name}/versions/{version:int}/infer")
+    async def v2_infer_version(self, request: Request, name: str, version: int):
+        return await self.v2_infer_answer(request, name, version)
+
+    @api.post("/v1/models/{name}:predict")
+    async def v1_predict(self, request: Request, name: str):
+        return await self.v1_predict_answer(request, name, None)
+
+    @api.post("/v1/models/{name}/versions/{version:int}:predict")
+    async def v1_predict_version(self, request: Request, name: str, version: int):
+        return await self.v1_predict_answer(request, name, version)
+
+    @api.get("/v1/models/{name}")
+    async def v1_status(self, name: str):
+        return await self.v1_status_answer(name, None)
+
+    @api.get("/v1/models/{name}/versions/{version:int}")
+    async def v1_status_version(self, name: str, version: int):
+        return await self.v1_status_answer(name, version)
+
+    @api.get("/v1/models/{name}/metadata")
+    async def v1_metadata(self, name: str):
+        return await self.v1_metadata_answer(name)
 
     # ------------------------------------------------------------------ helpers
 
@@ -239,17 +311,21 @@ def application(args: dict[str, Any], num_replicas: int | None = None,
     args = dict(args or {})
     model_dir = args.pop("model_dir", None) or os.environ.get("RESNET_RAY_MODEL")
     if not model_dir:
-        raise UserError("model_dir: expected the exported model directory to serve "
-                        "(args.model_dir in the Serve config, or RESNET_RAY_MODEL)")
+        raise UserError("model_dir: expected the exported model directory or repository to "
+                        "serve (args.model_dir in the Serve config, or RESNET_RAY_MODEL)")
     model_dir = str(Path(model_dir).absolute())
-    read_metadata(model_dir)  # fail here, once, rather than in every replica
+    # Fail here, once, rather than in every replica. A repository's replicas load the
+    # version args.version or user_config.model_version name, else the newest.
+    served, _ = resolve_version(model_dir, args.get("version"))
+    read_metadata(served)
     check_backend(args.get("backend", "auto"))
-    known = {"max_body_bytes", "max_instances", "backend", "threads", "_gate"}
+    known = {"max_body_bytes", "max_instances", "backend", "threads", "version", "_gate"}
     unknown = sorted(set(args) - known)
     if unknown:
         raise UserError(f"args: unknown key {unknown[0]!r}; expected model_dir or "
                         f"{sorted(known - {'_gate'})}")
-    check_model_file(model_dir)
+    if is_plain(model_dir) or args.get("version") is not None:
+        check_model_file(served)
     options = {"num_replicas": num_replicas} if num_replicas else {}
     if access_log:
         options["logging_config"] = {"enable_access_log": True}

@@ -21,6 +21,7 @@ from .errors import ConfigError, RunFailed, command_main
 from .layout import cluster_nodes
 from .paths import shown
 from .plan import Plan, resolve
+from .repository import add_next_version_flag, check_repository
 from .runtime import init_ray, worker_env_vars
 
 REPORTS_FILE = "reports.jsonl"
@@ -124,13 +125,16 @@ def _fit(plan: Plan, quiet: bool):
                         f"resumes from the latest one.\n{exc}") from None
 
 
-def run_training(cfg: TrainConfig, quiet: bool = False):
-    """Train with Ray Train; export the best checkpoint if cfg.export is set. Returns Result.
-    Prints a header, the progress and the export lines unless quiet."""
+def run_training(cfg: TrainConfig, quiet: bool = False, next_version: bool = False):
+    """Train with Ray Train; export the best checkpoint if cfg.export is set (with
+    next_version, as the repository cfg.export's next version). Returns Result. Prints a
+    header, the progress and the export lines unless quiet."""
     import ray.train
 
-    from .export import export_checkpoint, format_test_score
+    from .export import export_checkpoint, exported_line, format_test_score
 
+    if next_version:
+        check_repository(cfg.export)
     plan = resolve(cfg, join_cluster)
     plan.source.prepare(plan.config.strict)
     if plan.finished is not None:
@@ -144,10 +148,10 @@ def run_training(cfg: TrainConfig, quiet: bool = False):
         best = best_checkpoint(plan.run_dir, plan.score, result)
         if best is None:
             raise ConfigError(f"{plan.run_dir}: the run left no checkpoint to export")
-        meta = export_checkpoint(best, cfg.export, plan, extra={"run_dir": plan.run_dir})
+        meta = export_checkpoint(best, cfg.export, plan, extra={"run_dir": plan.run_dir},
+                                 next_version=next_version)
         if not quiet:
-            print(f"exported best checkpoint ({shown(best.path)}) to {shown(cfg.export)}",
-                  flush=True)
+            print(exported_line(f"best checkpoint ({shown(best.path)})", meta), flush=True)
             print(format_test_score(meta), flush=True)
     if not quiet and (line := plan.source.warning()):
         print(line, file=sys.stderr, flush=True)
@@ -156,13 +160,14 @@ def run_training(cfg: TrainConfig, quiet: bool = False):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     config.add_arguments(parser)
+    add_next_version_flag(parser)
     console.add_verbose_flag(parser)
 
 
 def command(args: argparse.Namespace) -> None:
     console.set_verbose(args.verbose)
     cfg = config.from_args(args)
-    result = run_training(cfg)
+    result = run_training(cfg, next_version=args.next_version)
     m = result.metrics or {}
     print(f"finished: {m.get('epoch')} epochs, val_accuracy {m.get('val_accuracy', 0):.4f}, "
           f"run directory {shown(result.path or cfg.run_dir)}")

@@ -17,13 +17,15 @@ from typing import Any
 from . import console, paths, testhooks
 from .config import TrainConfig, default_storage, is_remote
 from .errors import ConfigError, RunFailed, command_main
+from .repository import add_next_version_flag, check_repository
 from .tune_spec import TuneSpec, load_spec
 
 
 def run_search(spec: TuneSpec, data_dir: str, storage: str | None = None,
                name: str = "tune", export: str | None = None, max_concurrent: int | None = None,
                num_samples: int | None = None, resume: bool = False,
-               classes: str = "", strict: bool = False) -> dict[str, Any]:
+               classes: str = "", strict: bool = False,
+               next_version: bool = False) -> dict[str, Any]:
     import ray
     from ray import tune
 
@@ -32,6 +34,8 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str | None = None,
     from .tune_results import summarize
     from .tune_space import tune_trial
 
+    if next_version:
+        check_repository(export)
     storage = storage or default_storage()
     if is_remote(storage):
         raise ConfigError(f"--storage: searches keep their results table, plots and the "
@@ -76,7 +80,7 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str | None = None,
         # Tune's newer output engine prints its configuration box even when silent, and a
         # restored search brings its console options from the first run.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    summary = summarize(tuner.fit(), spec, plan, experiment, export)
+    summary = summarize(tuner.fit(), spec, plan, experiment, export, next_version)
     if line := plan.source.warning():
         print(line, file=sys.stderr, flush=True)
     return summary
@@ -130,6 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default="tune")
     parser.add_argument("--export", type=paths.output,
                         help="write the best trial's best checkpoint here")
+    add_next_version_flag(parser)
     parser.add_argument("--max-concurrent", type=int)
     parser.add_argument("--num-samples", type=int)
     parser.add_argument("--resume", action="store_true",
@@ -142,7 +147,7 @@ def command(a: argparse.Namespace) -> None:
     summary = run_search(load_spec(a.config), a.data, storage=a.storage, name=a.name,
                          export=a.export, max_concurrent=a.max_concurrent,
                          num_samples=a.num_samples, resume=a.resume, classes=a.classes,
-                         strict=a.strict)
+                         strict=a.strict, next_version=a.next_version)
     best = summary.get("best")
     if best is None:
         raise RunFailed(f"no trial of the search reported a result; see {summary['csv']}")

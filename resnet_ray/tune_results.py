@@ -7,20 +7,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .paths import shown
 from .tune_spec import TuneSpec
 
 RESULTS_CSV = "trials.csv"
 
 
 def summarize(results, spec: TuneSpec, plan, experiment: Path,
-              export: str | None) -> dict[str, Any]:
+              export: str | None, next_version: bool = False) -> dict[str, Any]:
     """Trials table (printed and CSV), plots, and the best trial's best checkpoint exported
-    and scored once on the held-out test images."""
+    (with next_version, as the repository's next version) and scored once on the held-out
+    test images."""
     import pandas as pd
 
     from .checkpoints import best_checkpoint
-    from .export import export_checkpoint, format_test_score
+    from .export import export_checkpoint, exported_line, format_test_score
 
     base = plan.config
 
@@ -64,9 +64,11 @@ def summarize(results, spec: TuneSpec, plan, experiment: Path,
             meta = export_checkpoint(ckpt, export, plan, extra={
                 "tune": {"experiment": str(experiment), "trial": top["trial"],
                          "search_space": spec.search_space, "source": spec.source,
-                         "params": {k: summary["best"][k] for k in searched}}})
-            summary["exported"] = export
-            print(f"exported trial {top['trial']} ({Path(ckpt.path).name}) to {shown(export)}",
+                         "params": {k: summary["best"][k] for k in searched}}},
+                next_version=next_version)
+            summary["exported"] = meta["model_dir"]
+            summary["model_version"] = meta["model_version"]
+            print(exported_line(f"trial {top['trial']} ({Path(ckpt.path).name})", meta),
                   flush=True)
             if "test" in meta:
                 summary["test"] = meta["test"]

@@ -67,7 +67,7 @@ COMMANDS = {
     },
     "docs/tuning.md": {
         "resnet-ray tune --config tune_configs/smoke.yaml --data data/synth --export "
-        "models/tuned": Run(append=("--num-samples 2",)),
+        "models/tuned --next-version": Run(append=("--num-samples 2",)),
     },
     "docs/training.md": {
         "ray start --head --node-ip-address=127.0.0.1 --port=6390 --dashboard-port=8266 "
@@ -95,6 +95,8 @@ COMMANDS = {
         "resnet-ray quantize models/tuned --data data/photos": Run(),
         "resnet-ray evaluate models/tuned --data data/photos/test_signs.h5 --backend "
         "openvino-int8": Run(),
+        "resnet-ray deploy models/tuned --status": Run(),
+        "resnet-ray deploy models/tuned --version 1": Run(),
     },
     "docs/cluster.md": {
         **dict.fromkeys([
@@ -220,6 +222,12 @@ def test_every_command_on_a_page_has_an_entry():
 
 # ---- running them ----------------------------------------------------------------------
 
+def ctrl_c_default() -> None:
+    """Ctrl-C (SIGINT) stops a command as at a person's terminal, even where this test runs
+    as a background job, whose children inherit SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Terminal:
     """A command in a pseudo-terminal of COLUMNS x ROWS; `lines()` is the screen as a person
     sees it at the end, the lines scrolled off its top included."""
@@ -233,7 +241,7 @@ class Terminal:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLUMNS, 0, 0))
         # A person's terminal stays open after a command: its shell's end hangs nothing up.
         self.proc = subprocess.Popen(["bash", "-c", f"trap '' HUP; {script}"], stdin=slave,
-                                     stdout=slave,
+                                     stdout=slave, preexec_fn=ctrl_c_default,
                                      stderr=slave, cwd=cwd, env=env, start_new_session=True)
         os.close(slave)
         self.master, self.raw = master, b""
@@ -278,7 +286,7 @@ class Piped:
     def __init__(self, script: str, cwd: Path, env: dict):
         self.proc = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, cwd=cwd, env=env,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=ctrl_c_default)
         os.set_blocking(self.proc.stdout.fileno(), False)
         self.raw = b""
 
@@ -420,6 +428,6 @@ def test_documented_commands_run_as_the_pages_show(private_ray, tmp_path, mode):
     # The export scored the model on the held-out photos the summary reports.
     meta = json.loads((demo / "model" / "metadata.json").read_text())
     assert meta["test"]["images"] == summary["test_n"] == 105
-    for model in ("tuned", "r50", "job"):
+    for model in ("tuned/1", "r50", "job"):
         assert (tmp_path / "models" / model / "metadata.json").is_file(), model
-    assert (tmp_path / "models" / "tuned" / "openvino-int8.xml").is_file()
+    assert (tmp_path / "models" / "tuned" / "1" / "openvino-int8.xml").is_file()

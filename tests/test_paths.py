@@ -12,7 +12,7 @@ from resnet_ray.cli import build_parser, main
 
 # Option names that hold a path: each must resolve it with a resnet_ray.paths function.
 PATH_NAMES = {"data", "storage", "export", "out", "workdir", "config", "model_dir", "images",
-              "images_dir", "plots"}
+              "images_dir", "plots", "repo"}
 
 
 def commands(parser=None, prefix=()):
@@ -76,6 +76,12 @@ def test_shown_paths_are_relative_below_the_working_directory(tmp_path, monkeypa
     assert paths.shown(str(tmp_path / "models" / "r50")) == "models/r50"
     assert paths.shown("/elsewhere/m") == "/elsewhere/m"
     assert paths.shown("s3://b/m") == "s3://b/m"
+    # A `ray job submit` driver's working directory may be gone by the time it prints.
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert paths.shown(str(tmp_path / "m")) == str(tmp_path / "m")
 
 
 @pytest.mark.parametrize("argv, named", [
@@ -83,7 +89,7 @@ def test_shown_paths_are_relative_below_the_working_directory(tmp_path, monkeypa
     (["data", "import", "nope", "--out", "o"], "nope: no such directory"),
     (["train", "--data", "nope"], "nope: no such directory"),
     (["tune", "--config", "nope.yaml", "--data", "d"], "nope.yaml: no such file"),
-    (["evaluate", "m", "--data", "nope.h5"], "nope.h5: no such file"),
+    (["evaluate", "nope", "--data", "t.h5"], "nope: no such model directory"),
     (["predict", "nope", "a.jpg"], "nope: no such model directory"),
     (["serve", "nope"], "nope: no such model directory"),
     (["quantize", "nope", "--data", "d"], "nope: no such model directory"),
