@@ -58,10 +58,11 @@ def _data_synth(a):
 
 
 def _model_dir(path: str) -> str:
-    """A model directory, or a repository's newest version."""
-    from .repository import resolve
+    """A repository's newest version; anything else as given (the command reads its data
+    first, and names a missing model directory itself)."""
+    from .repository import resolve, versions
 
-    return resolve(path)[0]
+    return resolve(path)[0] if versions(path) else path
 
 
 def _evaluate(a):

@@ -89,7 +89,7 @@ def test_shown_paths_are_relative_below_the_working_directory(tmp_path, monkeypa
     (["data", "import", "nope", "--out", "o"], "nope: no such directory"),
     (["train", "--data", "nope"], "nope: no such directory"),
     (["tune", "--config", "nope.yaml", "--data", "d"], "nope.yaml: no such file"),
-    (["evaluate", "nope", "--data", "t.h5"], "nope: no such model directory"),
+    (["evaluate", "m", "--data", "nope.h5"], "nope.h5: no such file"),
     (["predict", "nope", "a.jpg"], "nope: no such model directory"),
     (["serve", "nope"], "nope: no such model directory"),
     (["quantize", "nope", "--data", "d"], "nope: no such model directory"),
