@@ -136,6 +136,8 @@ VALUES = {
     "haproxy_vs_proxy_c32": _haproxy_vs_proxy,
     "soak_errors": _summary("soak", "errors_other_than_503"),
     "soak_rss_growth_mb": _summary("soak", "rss_growth_mb"),
+    **{k: _summary("rollout", k) for k in ("rollout_not_200", "rollout_max_ms",
+       "rollout_p99_vs_steady", "deploy_new_version_s", "deploy_kept_version_s")},
     "asha_epochs_share": _summary("tune", "epochs_share"),
     "asha_best_gap": _summary("tune", "best_gap_points"),
     "scaling_model_error": lambda rs: (lambda r: r and (
@@ -160,7 +162,9 @@ def goal(m: dict, prof: str):
 def fmt(value: float, unit: str) -> str:
     if unit == "%":
         return f"{100 * value:.2g}%" if value < 0.1 else f"{100 * value:.0f}%"
-    return f"{value:.2f}x" if unit == "x" else f"{value:.3g} {unit}".strip()
+    if unit == "x":
+        return f"{value:.2f}x"
+    return (f"{value:,.0f} {unit}" if value >= 1000 else f"{value:.3g} {unit}").strip()
 
 
 def goal_text(m: dict) -> str:

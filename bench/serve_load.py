@@ -2,7 +2,7 @@
 
 python -m bench serve [--quick] [--seconds 8] [--model-dir DIR] [--settings "tf;openvino"]
 python -m bench soak [--quick] [--minutes 10] [--concurrency 32] [--model-dir DIR]
-    [--ingress haproxy|proxy]
+    [--ingress haproxy|proxy] [--rollouts]
 
 In process: each backend's predictor at batch 1 and 32. Over HTTP, each setting in a fresh
 process with its own Ray cluster (no other Ray may run here): the default service (HAProxy,
@@ -15,7 +15,8 @@ trained model's answers per backend).
 soak: `resnet-ray serve` as a user starts it, at a fixed concurrency for minutes, one PNG per
 request. After a warm-up minute, each minute records answers by status, requests with no
 answer, rate, latency and the replica's memory. A service that holds up answers 200, or 503
-when its queue is full, and its memory stops growing.
+when its queue is full, and its memory stops growing. --rollouts: a repository of 3 versions,
+and `resnet-ray deploy` to 2, 3 and 2 while the third 90 s of load runs (against the second).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -66,7 +68,8 @@ def hey(url: str, body: Path, ctype: str, concurrency: int, seconds: float) -> d
     return {"concurrency": concurrency, "requests": sum(codes.values()) + unanswered,
             "codes": codes, "unanswered": unanswered,
             "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50_ms": ms.get("50"), "p95_ms": ms.get("95"), "p99_ms": ms.get("99")}
+            "p50_ms": ms.get("50"), "p95_ms": ms.get("95"), "p99_ms": ms.get("99"),
+            "max_ms": float(re.search(r"Slowest:\s+([\d.]+) secs", out).group(1)) * 1000}
 
 
 def wait_ready(urls: list[str], timeout: float = 120, alive=None) -> str:
@@ -220,17 +223,38 @@ def soak_summary(warm: dict, rows: list[dict]) -> dict:
             "rss_growth_mb": rows[-1]["rss_mb"] - warm["rss_mb"]}
 
 
+def deploys(cli: Path, repo: str, versions=(2, 3, 2)) -> list[dict]:
+    """`resnet-ray deploy` to each version in turn: the time it reports to every replica."""
+    return [{"version": v, "seconds": float(re.search(r"after ([\d.]+) s", subprocess.run(
+        [str(cli), "deploy", repo, "--version", str(v)], capture_output=True, text=True,
+        check=True).stdout).group(1))} for v in versions]
+
+
+def rollout_summary(rows: list[dict], done: list[dict]) -> dict:
+    steady, rolling = rows[1], rows[2]
+    return {"rollout_p99_vs_steady": rolling["p99_ms"] / steady["p99_ms"],
+            "rollout_max_ms": rolling["max_ms"], "rollout_requests": rolling["requests"],
+            "rollout_not_200": rolling["requests"] - rolling["codes"].get("200", 0),
+            "deploy_new_version_s": max(d["seconds"] for d in done[:2]),
+            "deploy_kept_version_s": done[2]["seconds"], "deploys": done}
+
+
 def soak(a: argparse.Namespace) -> dict:
     ensure_hey()
     slices, slice_s = (2, 2.0) if a.quick else (max(1, round(a.minutes)), 60.0)
     tmp = Path(tempfile.mkdtemp(prefix="bench-soak-"))
-    cli, server = Path(sys.executable).with_name("resnet-ray"), None
+    cli, server, done = Path(sys.executable).with_name("resnet-ray"), None, []
     try:
         model_dir = a.model_dir or untrained_model_dir(tmp, "tiny" if a.quick else "resnet50")
+        if a.rollouts:  # the same weights as 3 versions: the swaps load and check each
+            for n in (1, 2, 3):
+                shutil.copytree(model_dir, tmp / "repo" / str(n))
+            model_dir, slices, slice_s = str(tmp / "repo"), 2, slice_s * 1.5
         png, _ = payloads(tmp, (64, 64, 3))
         with open(tmp / "serve.log", "w") as log:  # its own session: Ray's processes too
             server = subprocess.Popen([str(cli), "serve", model_dir, "--port", str(SOAK_PORT),
-                                       "--ingress", a.ingress], start_new_session=True,
+                                       "--ingress", a.ingress, *["--version", "1"] * a.rollouts],
+                                      start_new_session=True,
                                       stdout=log, stderr=subprocess.STDOUT)
         try:
             url = wait_ready([f"http://127.0.0.1:{SOAK_PORT}"], timeout=300,
@@ -241,8 +265,13 @@ def soak(a: argparse.Namespace) -> dict:
         meta = json.loads(urllib.request.urlopen(f"{url}/metadata").read())
         replica, rows = psutil.Process(meta["replica"]["pid"]), []
         for minute in range(slices + 1):  # minute 0 warms up
+            rolling = threading.Thread(target=lambda: done.extend(deploys(cli, model_dir)))
+            if a.rollouts and minute == 2:
+                rolling.start()
             rows.append({"minute": minute, **hey(f"{url}/predict", png, "image/png",
                          a.concurrency, slice_s), "rss_mb": replica.memory_info().rss / 2 ** 20})
+            if rolling.is_alive():
+                rolling.join()
             print(f"minute {minute}: {rows[-1]['requests_per_s']:.1f} requests/s, codes "
                   f"{rows[-1]['codes']}, RSS {rows[-1]['rss_mb']:.0f} MB", flush=True)
     finally:
@@ -254,16 +283,17 @@ def soak(a: argparse.Namespace) -> dict:
                 os.killpg(server.pid, signal.SIGKILL)
         subprocess.run([str(cli.with_name("ray")), "stop", "--force"], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
-    summary = soak_summary(rows[0], rows[1:])
+    summary = rollout_summary(rows, done) if a.rollouts else soak_summary(rows[0], rows[1:])
     text = table(["minute", "requests", "requests/s", "p50 ms", "p99 ms", "status codes",
                   "no answer", "replica RSS MB"],
                  [[r["minute"] or "warm-up", r["requests"], f"{r['requests_per_s']:.1f}",
                    r["p50_ms"], r["p99_ms"], r["codes"], r["unanswered"],
-                   f"{r['rss_mb']:.0f}"] for r in rows])
-    report = {"part": "soak", "quick": a.quick, "model": a.model_dir or "untrained",
-              "backend": meta["backend"], "ingress": a.ingress, "concurrency": a.concurrency,
-              "minutes": rows, "summary": summary}
-    return write_report(report, result_path(a.out, "soak", a.quick), text)
+                   f"{r['rss_mb']:.0f}"] for r in rows]) + (f"\n\n{summary}" * a.rollouts)
+    report = {"part": "rollout" if a.rollouts else "soak", "quick": a.quick,
+              "model": a.model_dir or "untrained", "backend": meta["backend"],
+              "ingress": a.ingress, "concurrency": a.concurrency, "minutes": rows,
+              "summary": summary}
+    return write_report(report, result_path(a.out, report["part"], a.quick), text)
 
 
 def main(argv=None) -> dict:
@@ -280,4 +310,5 @@ def soak_main(argv=None) -> dict:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--model-dir", help="an exported model (default: an untrained one)")
     p.add_argument("--ingress", default="haproxy", choices=["haproxy", "proxy"])
+    p.add_argument("--rollouts", action="store_true", help="versions change in minute 2")
     return soak(p.parse_args(argv))

@@ -22,6 +22,10 @@ from .errors import DataError, ModelDirError, UserError
 BACKENDS = ("auto", "tf", "openvino", "openvino-f32", "openvino-int8")
 INT8_FILE = "openvino-int8.xml"  # with its weights in openvino-int8.bin
 INT8_META = "openvino-int8.json"
+# The model as OpenVINO reads it, converted at its first load and kept beside model.keras, so
+# that a later load (a new replica, a version swap) reads and compiles instead of converting.
+IR_FILE = "openvino.xml"  # with its weights in openvino.bin
+IR_META = "openvino.json"
 CALIBRATION_IMAGES = 300
 
 
@@ -71,16 +75,60 @@ def load_predictor(model_dir: str | os.PathLike, backend: str = "auto",
         return _openvino_int8(Path(model_dir), meta, threads), meta
     from .modeldir import load_model_dir
 
+    precision = "f32" if backend == "openvino-f32" else None
+    if backend != "tf":
+        meta = read_metadata(model_dir)
+        if (converted := _read_converted(Path(model_dir), meta)) is not None:
+            return _openvino(converted, precision, backend, threads), meta
     model, meta = load_model_dir(model_dir)
     if backend == "tf":
         if threads:
             from .runtime import limit_threads
             limit_threads(threads)
         return _tensorflow(model, meta), meta
+    converted = _convert(model, meta)
+    _keep_converted(converted, Path(model_dir))
     # OpenVINO's TensorFlow frontend points the converted weights at the Keras model's own
     # memory: the model must live as long as the predictor, or the answers turn to garbage.
-    return _openvino(_convert(model, meta), "f32" if backend == "openvino-f32" else None,
-                     backend, threads, owner=model), meta
+    return _openvino(converted, precision, backend, threads, owner=model), meta
+
+
+def _read_converted(model_dir: Path, meta: dict[str, Any]):
+    """The kept conversion of this model.keras by this OpenVINO, or None (then the model is
+    converted again: a missing, stale or unreadable copy is never an error)."""
+    import openvino as ov
+
+    try:
+        info = json.loads((model_dir / IR_META).read_text())
+        if info.get("model_sha256") != _keras_digest(model_dir) or \
+                info.get("openvino") != ov.__version__:
+            return None
+        converted = ov.Core().read_model(model_dir / IR_FILE)
+    except (OSError, ValueError, AttributeError, RuntimeError):
+        return None
+    shape_in = converted.inputs[0].get_partial_shape()
+    shape_out = converted.outputs[0].get_partial_shape()
+    if [d.get_length() if d.is_static else None for d in shape_in][1:] != meta["input_shape"] \
+            or not shape_out[-1].is_static or shape_out[-1].get_length() != len(meta["classes"]):
+        return None
+    return converted
+
+
+def _keep_converted(converted, model_dir: Path) -> None:
+    """Save the conversion beside model.keras for the next load; where the directory cannot
+    be written (a read-only volume), every load converts."""
+    import openvino as ov
+
+    tmp = model_dir / f".{IR_FILE}.{os.getpid()}.tmp.xml"
+    try:
+        ov.save_model(converted, tmp, compress_to_fp16=False)  # the .xml and a .bin
+        tmp.with_suffix(".bin").replace(model_dir / IR_FILE.replace(".xml", ".bin"))
+        tmp.replace(model_dir / IR_FILE)
+        (model_dir / IR_META).write_text(json.dumps({
+            "model_sha256": _keras_digest(model_dir), "openvino": ov.__version__}) + "\n")
+    except (OSError, RuntimeError):
+        for leftover in (tmp, tmp.with_suffix(".bin")):
+            leftover.unlink(missing_ok=True)
 
 
 def _tensorflow(model, meta) -> Predictor:

@@ -104,8 +104,7 @@ def _deploy(a):
     started = time.monotonic()
     replicas = rollout.deploy(a.repo, a.model_version, a.app, a.timeout,
                               eval_data=a.eval, force=a.force)
-    print(f"version {a.model_version} serving on every replica ({len(replicas)}) after "
-          f"{time.monotonic() - started:.1f} s")
+    print(rollout.serving_line(a.model_version, replicas, time.monotonic() - started))
 
 
 def _quantize(a):

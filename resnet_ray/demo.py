@@ -40,7 +40,9 @@ def search_spec(model: str, epochs: int) -> TuneSpec:
 def run_demo(workdir: str = "runs/demo", model: str = "resnet50", epochs: int = 7,
              num_workers: int | None = None, tune: bool = True, serve: bool = True) -> dict:
     work = Path(workdir).absolute()
-    data_dir, model_dir = work / "data", work / "model"
+    # The model is version 1 of a repository (docs/serving.md), as the service shows it.
+    data_dir, repo = work / "data", work / "models"
+    model_dir = repo / "1"
     steps = 4 + tune + serve
     step = iter(range(1, steps + 1))
     summary: dict = {"model": model, "epochs": epochs, "workdir": str(work)}
@@ -78,9 +80,9 @@ def run_demo(workdir: str = "runs/demo", model: str = "resnet50", epochs: int = 
     console.result(f"{shown(photos[0][1])} (digit {photos[0][0]}): {prediction.describe()}")
 
     if serve:
-        console.header(f"{next(step)}/{steps} serve {shown(model_dir)} with Ray Serve and ask it "
+        console.header(f"{next(step)}/{steps} serve {shown(repo)} with Ray Serve and ask it "
                        f"about one held-out photo of each digit")
-        summary["served"] = _serve_and_ask(model_dir, photos)
+        summary["served"] = _serve_and_ask(repo, photos)
     (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _print_summary(summary, work)
     return summary
@@ -110,7 +112,7 @@ def _one_photo_per_digit(test, out: Path) -> list[tuple[int, Path]]:
     return photos
 
 
-def _serve_and_ask(model_dir: Path, photos: list[tuple[int, Path]]) -> list[dict]:
+def _serve_and_ask(repo: Path, photos: list[tuple[int, Path]]) -> list[dict]:
     from ray import serve
 
     from .serve import build_app
@@ -123,7 +125,7 @@ def _serve_and_ask(model_dir: Path, photos: list[tuple[int, Path]]) -> list[dict
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     answers = []
     try:
-        serve.run(build_app({"model_dir": str(model_dir)}), name="digits", route_prefix="/")
+        serve.run(build_app({"model_dir": str(repo)}), name="digits", route_prefix="/")
         console.result(f"serving at http://127.0.0.1:{port}/ (a browser page at /, API docs "
                        f"at /docs)")
         for digit, path in photos:
@@ -133,8 +135,10 @@ def _serve_and_ask(model_dir: Path, photos: list[tuple[int, Path]]) -> list[dict
             with urllib.request.urlopen(request, timeout=60) as response:
                 answer = json.loads(response.read())
             console.result(f"POST /predict {path.name} -> digit {answer['digit']}, "
-                           f"probability {answer['probability']:.3f}")
-            answers.append({"true": digit, "digit": answer["digit"]})
+                           f"probability {answer['probability']:.3f}, model version "
+                           f"{answer['model_version']}")
+            answers.append({"true": digit, "digit": answer["digit"],
+                            "model_version": answer["model_version"]})
     finally:
         serve.shutdown()
     console.result("Serve shut down")
@@ -150,6 +154,9 @@ def _print_summary(s: dict, work: Path) -> None:
     if "served" in s:
         answers = ", ".join(f"{a['true']}->{a['digit']}" for a in s["served"])
         correct = sum(a["true"] == a["digit"] for a in s["served"])
-        console.result(f"served answers: {answers} ({correct}/{len(s['served'])} correct)")
-    console.result(f"written to {shown(work)}: data/, model/ (the exported model), runs/ "
-                   f"(checkpoints and the search), photos/, summary.json")
+        version = ", ".join(sorted({str(a["model_version"]) for a in s["served"]}))
+        console.result(f"served answers (model version {version}): {answers} ({correct}/"
+                       f"{len(s['served'])} correct)")
+    console.result(f"written to {shown(work)}: data/, models/1/ (the exported model, version 1 "
+                   f"of a repository), runs/ (checkpoints and the search), photos/, "
+                   f"summary.json")

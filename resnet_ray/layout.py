@@ -31,12 +31,20 @@ class Node:
     flags: frozenset[str] | None = None
 
 
-def cluster_nodes() -> list[Node]:
-    """The connected Ray cluster's live nodes (ray.init() first)."""
+def cluster_nodes(free: bool = False) -> list[Node]:
+    """The connected Ray cluster's live nodes (ray.init() first): with all their CPUs and
+    GPUs, or with free, only those nothing holds now (a cluster shared with a service)."""
     import ray
+    from ray._private.state import available_resources_per_node
 
     here = ray.util.get_node_ip_address()
-    return [Node(int(n["Resources"].get("CPU", 0)), int(n["Resources"].get("GPU", 0)),
+    available = available_resources_per_node() if free else {}
+
+    def count(node, resource: str) -> int:
+        have = available.get(node["NodeID"], {}) if free else node["Resources"]
+        return int(have.get(resource, 0))
+
+    return [Node(count(n, "CPU"), count(n, "GPU"),
                  None if n["NodeManagerAddress"] == here else n["NodeID"])
             for n in ray.nodes() if n.get("Alive")]
 

@@ -55,14 +55,6 @@ def resolve(path: str | os.PathLike, version: int | None = None) -> tuple[str, i
     return str(path / str(version)), version
 
 
-def add_next_version_flag(parser) -> None:
-    """--next-version: a command-line choice of where to export, not a training option (it
-    is never saved with a checkpoint or an export)."""
-    parser.add_argument("--next-version", action="store_true",
-                        help="export as the next numbered version of the repository "
-                             "--export names (REPO/1, REPO/2, ...), never overwriting one")
-
-
 def check_repository(repo: str | None) -> None:
     """Before a run starts: --next-version needs --export naming a repository."""
     if repo is None:

@@ -104,9 +104,15 @@ def _connect() -> None:
             raise UserError(f"no running service found: `resnet-ray serve` records its "
                             f"cluster in {SERVICE_FILE}; for a service on another cluster "
                             f"set RAY_ADDRESS") from None
-        # The service's own cluster may take only drivers that send this machine's token
-        # (~/.ray/auth_token); sending it costs nothing where it is not asked for.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # The service's own cluster takes only drivers that send this machine's token
+        # (~/.ray/auth_token). Ray reads RAY_AUTH_MODE once, when it is first imported, so
+        # the setting is made through Ray, which reloads it (ray.init does the same for a
+        # cluster it starts).
+        if "RAY_AUTH_MODE" not in os.environ:
+            from ray._private.authentication.authentication_token_setup import (
+                _enable_token_auth)
+
+            _enable_token_auth()
     init_ray(address=address)
 
 
@@ -139,6 +145,25 @@ def replica_versions(app: str = APP) -> tuple[list[dict[str, Any]], dict[str, An
     return replicas, max(refusals, key=lambda r: r["time"], default=None)
 
 
+def find_service(repo: str, app: str = APP) -> list[dict[str, Any]]:
+    """Join the cluster of the running service (SERVICE_FILE, or RAY_ADDRESS) and check that
+    its application `app` serves the repository `repo`; returns the cluster's application
+    configs (all of them: applying a config replaces the whole set)."""
+    _connect()
+    details = _app(app)
+    applications = [a["deployed_app_config"] for a in details["applications"].values()
+                    if a.get("deployed_app_config")]
+    ours = next(a for a in applications if a["name"] == app)
+    if Path(ours["args"]["model_dir"]).resolve() != Path(repo).resolve():
+        raise UserError(f"{repo}: the application {app} serves {ours['args']['model_dir']}")
+    return applications
+
+
+def live_versions(app: str = APP, besides: int | None = None) -> list[int]:
+    """The versions the application's replicas serve now, other than `besides`."""
+    return sorted({r.get("version") for r in replica_versions(app)[0]} - {None, besides})
+
+
 def gate(repo: str, live: int, candidate: int, data: str, force: bool = False,
          say=print) -> None:
     """Refuse a candidate version that scores worse than the live one on the same data
@@ -162,17 +187,11 @@ def deploy(repo: str, version: int, app: str = APP, timeout: float = 300, say=pr
     from .repository import resolve, versions
 
     resolve(repo, version)  # the version exists here: refuse a typo before anything changes
-    _connect()
+    applications = find_service(repo, app)
     if eval_data:
-        live = {r.get("version") for r in replica_versions(app)[0]} - {None, version}
-        for other in sorted(live):
+        for other in live_versions(app, version):
             gate(repo, other, version, eval_data, force, say)
-    details = _app(app)
-    applications = [a["deployed_app_config"] for a in details["applications"].values()
-                    if a.get("deployed_app_config")]
     ours = next(a for a in applications if a["name"] == app)
-    if Path(ours["args"]["model_dir"]).resolve() != Path(repo).resolve():
-        raise UserError(f"{repo}: the application {app} serves {ours['args']['model_dir']}")
     target = next(d for d in ours["deployments"] if d["name"] == DEPLOYMENT)
     _, before = replica_versions(app)
     kept = dict(target.get("user_config") or {})
@@ -194,6 +213,10 @@ def deploy(repo: str, version: int, app: str = APP, timeout: float = 300, say=pr
             raise RolloutTimeout(f"not every replica serves version {version} after "
                                  f"{timeout:.0f} s: {replicas}")
         time.sleep(0.5)
+
+
+def serving_line(version: int, replicas: list, seconds: float) -> str:
+    return f"version {version} serving on every replica ({len(replicas)}) after {seconds:.1f} s"
 
 
 def status(repo: str, app: str = APP) -> str:

@@ -12,6 +12,7 @@ one keeps answering. Each replica reports what it serves to the application's bo
 import asyncio
 import dataclasses
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -78,6 +79,12 @@ class VersionedModel:
     def _roll_to(self, wanted: Any) -> None:
         """Load version `wanted`, check it against the live one, and swap it in; or refuse
         it, keeping the live one."""
+        try:
+            # The lowest CPU priority for this thread (Linux: per thread): the batches of the
+            # live version go first, and the load takes the cycles they leave.
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError:
+            pass
         try:
             if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
                 raise UserError(f"model_version: expected a version number 1, 2, ..., got "

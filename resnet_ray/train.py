@@ -21,7 +21,7 @@ from .errors import ConfigError, RunFailed, command_main
 from .layout import cluster_nodes
 from .paths import shown
 from .plan import Plan, resolve
-from .repository import add_next_version_flag, check_repository
+from . import promote
 from .runtime import init_ray, worker_env_vars
 
 REPORTS_FILE = "reports.jsonl"
@@ -125,17 +125,18 @@ def _fit(plan: Plan, quiet: bool):
                         f"resumes from the latest one.\n{exc}") from None
 
 
-def run_training(cfg: TrainConfig, quiet: bool = False, next_version: bool = False):
+def run_training(cfg: TrainConfig, quiet: bool = False, next_version: bool = False,
+                 deploy: bool = False):
     """Train with Ray Train; export the best checkpoint if cfg.export is set (with
-    next_version, as the repository cfg.export's next version). Returns Result. Prints a
-    header, the progress and the export lines unless quiet."""
+    next_version, as the repository cfg.export's next version; with deploy, trained on the
+    cluster of the service that serves it and rolled out there, resnet_ray/promote.py).
+    Returns Result. Prints a header, the progress and the export lines unless quiet."""
     import ray.train
 
     from .export import export_checkpoint, exported_line, format_test_score
 
-    if next_version:
-        check_repository(cfg.export)
-    plan = resolve(cfg, join_cluster)
+    promote.prepare(cfg.export, next_version, deploy)
+    plan = resolve(cfg, promote.free_nodes if deploy else join_cluster)
     plan.source.prepare(plan.config.strict)
     if plan.finished is not None:
         if not quiet:
@@ -153,6 +154,9 @@ def run_training(cfg: TrainConfig, quiet: bool = False, next_version: bool = Fal
         if not quiet:
             print(exported_line(f"best checkpoint ({shown(best.path)})", meta), flush=True)
             print(format_test_score(meta), flush=True)
+        if deploy:
+            promote.promote(meta["model_dir"], meta["model_version"], meta["test"],
+                            plan.source, say=(lambda line: None) if quiet else print)
     if not quiet and (line := plan.source.warning()):
         print(line, file=sys.stderr, flush=True)
     return result
@@ -160,14 +164,14 @@ def run_training(cfg: TrainConfig, quiet: bool = False, next_version: bool = Fal
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     config.add_arguments(parser)
-    add_next_version_flag(parser)
+    promote.add_flags(parser)
     console.add_verbose_flag(parser)
 
 
 def command(args: argparse.Namespace) -> None:
     console.set_verbose(args.verbose)
     cfg = config.from_args(args)
-    result = run_training(cfg, next_version=args.next_version)
+    result = run_training(cfg, next_version=args.next_version, deploy=args.deploy)
     m = result.metrics or {}
     print(f"finished: {m.get('epoch')} epochs, val_accuracy {m.get('val_accuracy', 0):.4f}, "
           f"run directory {shown(result.path or cfg.run_dir)}")

@@ -14,10 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import console, paths, testhooks
+from . import console, paths, promote, testhooks
 from .config import TrainConfig, default_storage, is_remote
 from .errors import ConfigError, RunFailed, command_main
-from .repository import add_next_version_flag, check_repository
 from .tune_spec import TuneSpec, load_spec
 
 
@@ -25,7 +24,7 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str | None = None,
                name: str = "tune", export: str | None = None, max_concurrent: int | None = None,
                num_samples: int | None = None, resume: bool = False,
                classes: str = "", strict: bool = False,
-               next_version: bool = False) -> dict[str, Any]:
+               next_version: bool = False, deploy: bool = False) -> dict[str, Any]:
     import ray
     from ray import tune
 
@@ -34,8 +33,7 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str | None = None,
     from .tune_results import summarize
     from .tune_space import tune_trial
 
-    if next_version:
-        check_repository(export)
+    promote.prepare(export, next_version, deploy)
     storage = storage or default_storage()
     if is_remote(storage):
         raise ConfigError(f"--storage: searches keep their results table, plots and the "
@@ -44,8 +42,8 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str | None = None,
     cfg = TrainConfig.from_dict({**spec.train, "data": data_dir, "data_classes": classes,
                                  "strict": strict,
                                  "storage": str(experiment / "trials"), "name": name})
-    plan = resolve(cfg, lambda: join_cluster(lean=False), search=True,
-                   score=(spec.metric, spec.mode))
+    join = promote.free_nodes if deploy else (lambda: join_cluster(lean=False))
+    plan = resolve(cfg, join, search=True, score=(spec.metric, spec.mode))
     plan.source.prepare(plan.config.strict)
     base = plan.config
     searched = list(spec.search_space)
@@ -54,10 +52,12 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str | None = None,
                    f"({spec.scheduler['type']}), {base.num_workers} worker(s) x "
                    f"{base.cpus_per_worker} CPU each; results in {paths.shown(experiment)}")
     cpus_per_trial = base.num_workers * base.cpus_per_worker
-    total = int(ray.cluster_resources().get("CPU", 1))
+    total = sum(n.cpus for n in promote.free_nodes()) if deploy else \
+        int(ray.cluster_resources().get("CPU", 1))
     if cpus_per_trial > total:
         raise ConfigError(f"{spec.source}: a trial needs {cpus_per_trial} CPUs "
-                          f"(train.num_workers x train.cpus_per_worker), the cluster has {total}")
+                          f"(train.num_workers x train.cpus_per_worker), the cluster has {total}"
+                          f"{' free beside the service' if deploy else ''}")
     concurrent = max_concurrent or spec.max_concurrent or max(1, total // cpus_per_trial)
 
     # The trial function only drives its Train run, whose workers reserve the CPUs: it asks
@@ -81,6 +81,9 @@ def run_search(spec: TuneSpec, data_dir: str, storage: str | None = None,
         # restored search brings its console options from the first run.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     summary = summarize(tuner.fit(), spec, plan, experiment, export, next_version)
+    if deploy and summary.get("model_version"):
+        promote.promote(summary["exported"], summary["model_version"], summary["test"],
+                        plan.source)
     if line := plan.source.warning():
         print(line, file=sys.stderr, flush=True)
     return summary
@@ -134,7 +137,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default="tune")
     parser.add_argument("--export", type=paths.output,
                         help="write the best trial's best checkpoint here")
-    add_next_version_flag(parser)
+    promote.add_flags(parser)
     parser.add_argument("--max-concurrent", type=int)
     parser.add_argument("--num-samples", type=int)
     parser.add_argument("--resume", action="store_true",
@@ -147,7 +150,7 @@ def command(a: argparse.Namespace) -> None:
     summary = run_search(load_spec(a.config), a.data, storage=a.storage, name=a.name,
                          export=a.export, max_concurrent=a.max_concurrent,
                          num_samples=a.num_samples, resume=a.resume, classes=a.classes,
-                         strict=a.strict, next_version=a.next_version)
+                         strict=a.strict, next_version=a.next_version, deploy=a.deploy)
     best = summary.get("best")
     if best is None:
         raise RunFailed(f"no trial of the search reported a result; see {summary['csv']}")

@@ -49,6 +49,32 @@ def test_openvino_predicts_what_tensorflow_predicts(tiny_model_dir, synth_dir):
     np.testing.assert_allclose(native.sum(1), 1.0, atol=1e-2)
 
 
+def test_the_conversion_is_kept_for_later_loads_of_the_same_model_only(tiny_model_dir,
+                                                                       synth_dir, tmp_path):
+    from resnet_ray.backends import IR_FILE, IR_META
+    from resnet_ray.model import build_model
+    from resnet_ray.modeldir import save_model_dir
+
+    x = load_signs(synth_dir / "test_signs.h5").x
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir, ignore=shutil.ignore_patterns("openvino.*"))
+    first = predict_probs(load_predictor(model_dir, "openvino-f32")[0], x)
+    kept = [model_dir / name for name in (IR_FILE, "openvino.bin", IR_META)]
+    written = [path.stat().st_mtime_ns for path in kept]
+    # The next load reads the kept files (unchanged) and predicts the same.
+    np.testing.assert_array_equal(predict_probs(load_predictor(model_dir, "openvino-f32")[0], x),
+                                  first)
+    assert [path.stat().st_mtime_ns for path in kept] == written
+    # Beside another model.keras they are stale: that model is converted and kept afresh.
+    other = tmp_path / "other"
+    save_model_dir(build_model("tiny"), other, {"classes": [0, 1, 2, 3, 4, 5]})
+    for path in kept:
+        shutil.copy(path, other / path.name)
+    np.testing.assert_allclose(predict_probs(load_predictor(other, "openvino-f32")[0], x),
+                               predict_probs(load_predictor(other, "tf")[0], x), atol=1e-4)
+    assert json.loads((other / IR_META).read_text()) != json.loads(kept[2].read_text())
+
+
 def test_int8_copy_is_calibrated_on_training_images_and_served(quantized, synth_dir):
     model_dir, info = quantized
     assert info["images"] == 64 and info["calibration"].endswith(synth_dir.name)

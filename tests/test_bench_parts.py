@@ -55,6 +55,17 @@ def test_soak_counts_every_error_but_503_and_memory_from_after_the_warm_up():
     assert (s["rss_after_warmup_mb"], s["rss_growth_mb"]) == (900.0, 30.0)
 
 
+def test_rollouts_count_every_answer_but_200_against_the_steady_minute_before():
+    steady = {"requests": 100, "codes": {"200": 100}, "p99_ms": 100.0, "max_ms": 150.0}
+    rolling = {"requests": 90, "codes": {"200": 86, "503": 1}, "p99_ms": 250.0,
+               "max_ms": 900.0}  # and 3 with no answer
+    deploys = [{"version": 2, "seconds": 30.0}, {"version": 3, "seconds": 40.0},
+               {"version": 2, "seconds": 2.0}]
+    s = serve_load.rollout_summary([steady, steady, rolling], deploys)
+    assert s["rollout_not_200"] == 4 and s["rollout_p99_vs_steady"] == 2.5
+    assert (s["deploy_new_version_s"], s["deploy_kept_version_s"]) == (40.0, 2.0)
+
+
 def test_serve_ratios_are_against_tensorflow_in_process_at_batch_32():
     def setting(c32, json32=None, p50=10.0):
         points = [{"concurrency": 32, "images": 1, "images_per_s": c32},
