@@ -132,7 +132,8 @@ VALUES = {
     **{k: _summary("serve", k) for k in (
         "tf_http_c32_vs_in_process", "tf_batching_on_vs_off_c32", "tf_json32_vs_in_process",
         "fastest_backend_vs_tf_batch32", "openvino_http_c32_vs_tf_in_process",
-        "openvino_p50_ms_c1")},
+        "openvino_p50_ms_c1", "openvino_http_c32_vs_own_in_process",
+        "openvino_v2_binary32_vs_own_in_process")},
     "haproxy_vs_proxy_c32": _haproxy_vs_proxy,
     "soak_errors": _summary("soak", "errors_other_than_503"),
     "soak_rss_growth_mb": _summary("soak", "rss_growth_mb"),

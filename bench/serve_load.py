@@ -43,11 +43,12 @@ import psutil
 from .common import parser, fresh, result_path, table, untrained_model_dir, write_report
 
 PORT, SOAK_PORT = 8011, 8012
-# name: (backend, ingress, max_batch_size, concurrencies, JSON requests of 32 too)
-SETTINGS = {"tf": ("tf", "haproxy", 32, (1, 32), True),
-            "tf, batching off": ("tf", "haproxy", 1, (32,), False),
-            "openvino": ("auto", "haproxy", 32, (1, 32), False),
-            "openvino, Ray's proxy": ("auto", "proxy", 32, (1, 32), False)}
+# name: (backend, ingress, max_batch_size, concurrencies, requests of 32 images too: one JSON
+# request at a time, or two clients' Open Inference Protocol requests with binary tensors)
+SETTINGS = {"tf": ("tf", "haproxy", 32, (1, 32), "json"),
+            "tf, batching off": ("tf", "haproxy", 1, (32,), None),
+            "openvino": ("auto", "haproxy", 32, (1, 32), "v2"),
+            "openvino, Ray's proxy": ("auto", "proxy", 32, (1, 32), None)}
 
 
 def ensure_hey() -> None:
@@ -55,10 +56,11 @@ def ensure_hey() -> None:
         sys.exit("bench serve and soak need Debian's `hey` load generator: apt install hey")
 
 
-def hey(url: str, body: Path, ctype: str, concurrency: int, seconds: float) -> dict:
+def hey(url: str, body: Path, ctype: str, concurrency: int, seconds: float,
+        headers: tuple = ()) -> dict:
     """One load point: rate, latency percentiles, answers by status, requests unanswered."""
     out = subprocess.run(["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST",
-                          "-T", ctype, "-D", str(body), "-t", "60", url],
+                          "-T", ctype, "-D", str(body), "-t", "60", *headers, url],
                          capture_output=True, text=True, check=True).stdout
     codes = {str(c): int(n) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
     failed = out.partition("Error distribution:")[2]  # refused, reset, timed out
@@ -90,16 +92,22 @@ def wait_ready(urls: list[str], timeout: float = 120, alive=None) -> str:
         time.sleep(0.5)
 
 
-def payloads(tmp: Path, shape) -> tuple[Path, Path]:
-    """A PNG of random pixels and a JSON request of 32 such images."""
+def payloads(tmp: Path, shape) -> tuple[Path, Path, Path]:
+    """A PNG of random pixels, a JSON request of 32 such images, and an Open Inference
+    Protocol request of 32 as a binary tensor (its JSON header's length in its name)."""
     from PIL import Image
 
     rng, buf = np.random.default_rng(0), io.BytesIO()
     Image.fromarray(rng.integers(0, 256, shape, np.uint8)).save(buf, format="PNG")
     (tmp / "image.png").write_bytes(buf.getvalue())
-    (tmp / "batch.json").write_text(json.dumps(
-        {"instances": rng.integers(0, 256, (32, *shape), np.uint8).tolist()}))
-    return tmp / "image.png", tmp / "batch.json"
+    pixels = rng.integers(0, 256, (32, *shape), np.uint8)
+    (tmp / "batch.json").write_text(json.dumps({"instances": pixels.tolist()}))
+    header = json.dumps({"inputs": [{"name": "images", "datatype": "UINT8", "shape": list(
+        pixels.shape), "parameters": {"binary_data_size": pixels.nbytes}}],
+        "parameters": {"binary_data_output": True}}).encode()  # as tritonclient sends it
+    v2 = tmp / f"v2-{len(header)}.bin"
+    v2.write_bytes(header + pixels.tobytes())
+    return tmp / "image.png", tmp / "batch.json", v2
 
 
 def one_setting(spec: dict) -> dict:
@@ -110,7 +118,7 @@ def one_setting(spec: dict) -> dict:
     from resnet_ray.serve import DigitService
     from resnet_ray.serve_run import choose_ingress
 
-    backend, ingress, max_batch, concurrencies, with_json = spec["setting"]
+    backend, ingress, max_batch, concurrencies, batch32 = spec["setting"]
     choose_ingress(ingress)  # as `resnet-ray serve --ingress` sets it, HAProxy behind the guard
     if not init_ray():
         sys.exit("bench serve starts its own Ray clusters: stop the running one (ray stop)")
@@ -120,13 +128,18 @@ def one_setting(spec: dict) -> dict:
             "enable_access_log": False}, user_config={"max_batch_size": max_batch,
                                                       "batch_wait_timeout_s": 0.01}).bind(
         spec["model_dir"], backend=backend), name="bench", route_prefix="/")
-    url, png, js = wait_ready([f"http://127.0.0.1:{PORT}"]), spec["png"], spec["json"]
+    url, png, js, v2 = (wait_ready([f"http://127.0.0.1:{PORT}"]), spec["png"], spec["json"],
+                        Path(spec["v2"]))
     hey(f"{url}/predict", png, "image/png", 4, 2)  # warm-up
     points = [{"images": 1, **hey(f"{url}/predict", png, "image/png", c, spec["seconds"])}
               for c in concurrencies]
-    if with_json:
+    if batch32 == "json":
         points.append({"images": 32, **hey(f"{url}/predict", js, "application/json", 1,
                                            spec["seconds"])})
+    if batch32 == "v2":
+        points.append({"images": 32, **hey(
+            f"{url}/v2/models/digits/infer", v2, "application/octet-stream", 2, spec["seconds"],
+            ("-H", f"Inference-Header-Content-Length: {v2.stem.split('-')[1]}"))})
     meta = json.loads(urllib.request.urlopen(f"{url}/metadata").read())
     serve.shutdown()
     for p in points:
@@ -157,8 +170,8 @@ def summarize(settings: dict, local: list[dict]) -> dict:
         return next((p for p in settings.get(name, {}).get("points", [])
                      if p["concurrency"] == c and p["images"] == images), None)
 
-    tf32 = next(r["images_per_s"] for r in local if r["backend"].startswith("tf")
-                and r["batch"] == 32)
+    tf32, ov32 = (next((r["images_per_s"] for r in local if r["backend"].startswith(b)
+                        and r["batch"] == 32), None) for b in ("tf", "openvino ("))
     out = {"tf_in_process_batch32": tf32, "fastest_backend_vs_tf_batch32":
            max(r["images_per_s"] for r in local if r["batch"] == 32) / tf32}
     off = point("tf, batching off")
@@ -166,7 +179,9 @@ def summarize(settings: dict, local: list[dict]) -> dict:
               "tf_batching_on_vs_off_c32": (point("tf"), off and off["images_per_s"]),
               "tf_json32_vs_in_process": (point("tf", 1, 32), tf32),
               "openvino_http_c32_vs_tf_in_process": (point("openvino"), tf32),
-              "proxy_ingress_http_c32_vs_tf_in_process": (point("openvino, Ray's proxy"), tf32)}
+              "proxy_ingress_http_c32_vs_tf_in_process": (point("openvino, Ray's proxy"), tf32),
+              "openvino_http_c32_vs_own_in_process": (point("openvino"), ov32),
+              "openvino_v2_binary32_vs_own_in_process": (point("openvino", 2, 32), ov32)}
     out.update({key: top["images_per_s"] / bottom for key, (top, bottom) in ratios.items()
                 if top and bottom})
     out.update({key: point(name, 1)["p50_ms"] for key, name in (
@@ -184,12 +199,12 @@ def run(a: argparse.Namespace) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     try:
         model_dir = a.model_dir or untrained_model_dir(tmp, "tiny" if a.quick else "resnet50")
-        png, js = payloads(tmp, tuple(read_metadata(model_dir)["input_shape"]))
+        png, js, v2 = payloads(tmp, tuple(read_metadata(model_dir)["input_shape"]))
         settings = {}
         for name in names:
             settings[name] = fresh("serve_load", "one_setting", {
                 "setting": SETTINGS[name], "model_dir": model_dir, "png": str(png),
-                "json": str(js), "seconds": seconds})
+                "json": str(js), "v2": str(v2), "seconds": seconds})
             subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"],
                            capture_output=True)
             print(f"{name}: " + ", ".join(f"c={p['concurrency']} x{p['images']} "
@@ -250,7 +265,7 @@ def soak(a: argparse.Namespace) -> dict:
             for n in (1, 2, 3):
                 shutil.copytree(model_dir, tmp / "repo" / str(n))
             model_dir, slices, slice_s = str(tmp / "repo"), 2, slice_s * 1.5
-        png, _ = payloads(tmp, (64, 64, 3))
+        png, _, _ = payloads(tmp, (64, 64, 3))
         with open(tmp / "serve.log", "w") as log:  # its own session: Ray's processes too
             server = subprocess.Popen([str(cli), "serve", model_dir, "--port", str(SOAK_PORT),
                                        "--ingress", a.ingress, *["--version", "1"] * a.rollouts],
