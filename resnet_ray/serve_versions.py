@@ -124,6 +124,7 @@ class VersionedModel:
         """One model call on the live version at its start: (probabilities, version) each."""
         live = self.live
         self.batch_sizes[len(images)] += 1
-        # In a thread, so that the event loop keeps taking requests for the next batch.
-        probs = await asyncio.to_thread(live.predictor, to_model_input(np.stack(images)))
+        # In a thread, the conversion to the model's input too, so that the event loop keeps
+        # taking requests for the next batch.
+        probs = await asyncio.to_thread(lambda: live.predictor(to_model_input(np.stack(images))))
         return [(p, live.version) for p in probs]
